@@ -1,0 +1,1 @@
+//! prerank (work in progress)
