@@ -1,1 +1,260 @@
-fn main() {}
+//! The `prerank` command line: a thin layer over the library (see `lib.rs` for the map).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use prerank::server::{run, ServeConfig};
+use prerank::snapshot::{LoadOptions, Snapshot};
+use prerank::synth::{generate, SynthConfig};
+use prerank_format::Dtype;
+
+/// Coarse-ranking service for distilled two-tower (PFD) students.
+#[derive(Debug, Parser)]
+#[command(name = "prerank", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the models under --model-root over HTTP.
+    Serve(ServeConfig),
+    /// Print a summary of a snapshot version directory.
+    Inspect {
+        /// The version directory, e.g. models/pfd-student/1.
+        dir: PathBuf,
+        /// Print the item ids, one per line, instead of the summary.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Fully verify a snapshot version directory (checksums, contents, golden checks); exit 1 on failure.
+    Validate {
+        /// The version directory.
+        dir: PathBuf,
+    },
+    /// Generate a deterministic synthetic snapshot (random-init student, clustered items).
+    Synth {
+        /// Destination version directory (must not exist), e.g. models/pfd-student/1.
+        dest: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Item dtypes to store, comma-separated; the first is the default.
+        #[arg(long, value_delimiter = ',', default_value = "f32")]
+        dtypes: Vec<Dtype>,
+        /// Model name (default: the destination's parent directory name).
+        #[arg(long)]
+        model: Option<String>,
+        /// Number of golden checks to embed.
+        #[arg(long, default_value_t = 3)]
+        golden: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => serve(config),
+        Command::Inspect { dir, ids } => report(inspect(&dir, ids)),
+        Command::Validate { dir } => report(validate(&dir)),
+        Command::Synth {
+            dest,
+            items,
+            seed,
+            dtypes,
+            model,
+            golden,
+        } => report(synth(dest, items, seed, dtypes, model, golden)),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: ServeConfig) -> ExitCode {
+    prerank::telemetry::init_logging(config.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report(rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        run(config, listener, shutdown_signal()).await
+    }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}
+
+fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
+    if ids {
+        let files = prerank_format::SnapshotFiles::open(
+            dir,
+            &prerank_format::OpenOptions {
+                verify_checksums: false,
+                verify_contents: false,
+                huge_pages: false,
+            },
+        )?;
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for id in files.index.ids() {
+            writeln!(out, "{id}")?;
+        }
+        return Ok(out.flush()?);
+    }
+    let checked = Snapshot::load(dir, &LoadOptions::default());
+    let files = prerank_format::SnapshotFiles::open(
+        dir,
+        &prerank_format::OpenOptions {
+            verify_checksums: false,
+            verify_contents: false,
+            huge_pages: false,
+        },
+    )?;
+    let m = &files.manifest;
+    println!("model:        {}", m.model);
+    println!("version:      {}", m.version);
+    println!("created_at:   {}", m.created_at);
+    println!("tau:          {}", m.tau);
+    println!(
+        "items:        {} x {} ({})",
+        m.items.count,
+        m.items.dim,
+        m.items
+            .vectors
+            .iter()
+            .map(|v| v.dtype.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let a = &m.architecture;
+    println!(
+        "tower:        d_model {} heads {} ffn {} widths {:?} max_len {}",
+        a.d_model, a.heads, a.ffn_dim, a.tower_widths, m.features.behavior.max_len
+    );
+    println!(
+        "user features: {}",
+        m.features
+            .user
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "behaviour features: {}",
+        m.features
+            .behavior
+            .item
+            .iter()
+            .chain(&m.features.behavior.extras)
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (name, f) in &m.files {
+        println!("file:         {name} {} bytes sha256 {}", f.bytes, f.sha256);
+    }
+    println!("provenance:   {}", m.provenance);
+    match checked {
+        Ok(s) => println!(
+            "checks:       checksums ok, contents ok, golden checks ok ({}), loaded in {} ms",
+            s.info().golden_checks,
+            s.info().load_ms
+        ),
+        Err(e) => println!("checks:       FAILED: {e}"),
+    }
+    Ok(())
+}
+
+fn validate(dir: &std::path::Path) -> anyhow::Result<()> {
+    let snap = Snapshot::load(dir, &LoadOptions::default())
+        .with_context(|| format!("{} is not a valid snapshot", dir.display()))?;
+    let i = snap.info();
+    println!(
+        "ok: {}/{}: {} items x {} ({}), checksums, contents and {} golden checks verified in {} ms",
+        i.model, i.version, i.item_count, i.dim, i.dtype, i.golden_checks, i.load_ms
+    );
+    Ok(())
+}
+
+fn synth(
+    dest: PathBuf,
+    items: usize,
+    seed: u64,
+    dtypes: Vec<Dtype>,
+    model: Option<String>,
+    golden: usize,
+) -> anyhow::Result<()> {
+    let version = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u64>().ok())
+        .context(
+            "the destination must end in an integer version directory, e.g. models/my-model/1",
+        )?;
+    let model = match model {
+        Some(m) => m,
+        None => dest
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .context("cannot derive the model name from the destination; pass --model")?,
+    };
+    let cfg = SynthConfig {
+        model,
+        version,
+        items,
+        seed,
+        dtypes,
+        golden,
+        ..SynthConfig::default()
+    };
+    let m = generate(&dest, &cfg)?;
+    println!("{}", dest.display());
+    eprintln!(
+        "wrote {}/{}: {} items x {}",
+        m.model, m.version, m.items.count, m.items.dim
+    );
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The wire types of the ranking API (`docs/api.md`): plain serde data shared by the HTTP layer, the
+//! golden checks of a snapshot (whose sample requests use the same JSON) and the load generators.
+//!
+//! Parsing keeps the JSON path of a failure (`serde_path_to_error`), so a client learns which field was
+//! wrong, e.g. `user.behaviors[3].item_id: invalid type: string "x", expected u64`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/rank` request body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankRequest {
+    /// Echoed in the response and the logs; generated when absent.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub user: UserJson,
+    /// Item ids to score. Unknown ids are skipped and counted; duplicates are scored once.
+    pub candidates: Vec<u64>,
+    /// How many items to return (1..=max_k).
+    pub k: i64,
+    /// Model to use; defaults to the server's default model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Also return `probability = sigmoid(score)` per item.
+    #[serde(default)]
+    pub with_probability: bool,
+}
+
+/// The user: id, profile features and behaviour sequence (most recent first).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserJson {
+    /// Value of the `user_id` feature (string or integer).
+    #[serde(default)]
+    pub id: Option<serde_json::Value>,
+    /// Profile features by name; names the model does not use are ignored and reported.
+    #[serde(default)]
+    pub features: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub behaviors: Vec<BehaviorJson>,
+}
+
+/// One behaviour: the item and the per-behaviour extras (`action`, `seconds_ago`, `dwell_seconds`, ...),
+/// optionally item attributes (`category`, `shop`, `brand`) overriding the snapshot's table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BehaviorJson {
+    pub item_id: u64,
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+/// `POST /v1/rank` response body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RankResponse {
+    pub request_id: String,
+    pub model: String,
+    pub version: u64,
+    /// Top-k, by descending score (ties: ascending item id).
+    pub items: Vec<RankedItem>,
+    /// Candidates in the request.
+    pub candidates: usize,
+    /// Candidates not in the snapshot (skipped).
+    pub unknown_candidates: usize,
+    /// Up to 100 of the unknown ids, for debugging.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_candidate_ids: Vec<u64>,
+    /// Repeated candidate ids (each item is scored once).
+    pub duplicate_candidates: usize,
+    /// Request feature names the model does not use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_features: Vec<String>,
+    /// Item vector dtype the scores were computed with.
+    pub dtype: String,
+    /// Server-side time spent on this request, microseconds.
+    pub took_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct RankedItem {
+    pub item_id: u64,
+    /// `tau * <u, v>`: the click logit.
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f32>,
+}
+
+/// Error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code (see docs/api.md).
+    pub code: String,
+    /// Human-readable; names the offending field.
+    pub message: String,
+}
+
+/// Why a body did not parse: JSON syntax (400) or shape/type (422), with the field path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParseError {
+    Syntax(String),
+    Shape(String),
+}
+
+/// Parses a JSON request body, keeping the path of the first offending field.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        match inner.classify() {
+            serde_json::error::Category::Data => ParseError::Shape(msg),
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => ParseError::Syntax(msg),
+        }
+    })?;
+    de.end().map_err(|e| ParseError::Syntax(e.to_string()))?;
+    Ok(value)
+}

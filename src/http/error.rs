@@ -1,0 +1,129 @@
+//! The HTTP error type: every failure a client can see, its status and its stable code.
+//!
+//! The mapping below is one exhaustive `match` (no `_ =>`): adding a variant forces a decision about
+//! its status and code. Codes are part of the API (docs/api.md) and never change meaning. Internal
+//! details go to the log; the client gets the code and a message naming the offending field.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::model::ModelError;
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("could not read the request body: {0}")]
+    BadBody(String),
+    #[error("content type {0:?} is not supported; send application/json")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("k: must be between 1 and {max}, found {k}")]
+    InvalidK { k: i64, max: usize },
+    #[error("candidates: must not be empty")]
+    EmptyCandidates,
+    #[error("candidates: at most {max} allowed, found {found}")]
+    TooManyCandidates { found: usize, max: usize },
+    #[error("user.behaviors: at most {max} allowed, found {found}")]
+    TooManyBehaviors { found: usize, max: usize },
+    #[error("{0}")]
+    InvalidFeature(String),
+    #[error("model: {0} is not loaded")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    ModelRequired(String),
+    #[error("no model is loaded yet")]
+    NoModel,
+    #[error("not ready: no verified model is live")]
+    NotReady,
+    #[error("server is at its limit of concurrent ranking requests; retry shortly")]
+    Overloaded,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Status and stable code of each error.
+    pub fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::InvalidK { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_k"),
+            ApiError::EmptyCandidates => (StatusCode::UNPROCESSABLE_ENTITY, "empty_candidates"),
+            ApiError::TooManyCandidates { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "too_many_candidates")
+            }
+            ApiError::TooManyBehaviors { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "too_many_behaviors")
+            }
+            ApiError::InvalidFeature(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_feature"),
+            ApiError::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            ApiError::ModelRequired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "model_required"),
+            ApiError::NoModel => (StatusCode::SERVICE_UNAVAILABLE, "no_model"),
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_code().0
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Feature { .. } => ApiError::InvalidFeature(e.to_string()),
+            ModelError::Weights(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::UnknownModel(m) => ApiError::ModelNotFound(format!("{m:?}")),
+            RegistryError::NoModel => ApiError::NoModel,
+            RegistryError::AmbiguousModel(_) => ApiError::ModelRequired(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+            },
+        });
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            (status, [(header::RETRY_AFTER, "1")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}

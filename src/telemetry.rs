@@ -1,0 +1,86 @@
+//! Metrics and logging set-up. Metric names are constants here, prefixed `prerank_`, with units in the
+//! name; histograms have explicit buckets from 50 us. Request metrics carry route, status, model and
+//! version labels.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "prerank_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "prerank_request_duration_seconds";
+pub const CANDIDATES_PER_REQUEST: &str = "prerank_candidates_per_request";
+pub const UNKNOWN_CANDIDATES_TOTAL: &str = "prerank_unknown_candidates_total";
+
+/// Latency buckets, seconds: 50 us .. 5 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+pub const CANDIDATE_BUCKETS: &[f64] = &[
+    10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0, 200_000.0,
+];
+
+/// Model labels of one request (empty until a model is chosen).
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub model: String,
+    pub version: String,
+}
+
+/// The process-wide Prometheus recorder, installed on first use. `None` if another recorder was
+/// installed first (only possible when embedding prerank in a larger program).
+pub fn prometheus_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(REQUEST_DURATION_SECONDS.into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CANDIDATES_PER_REQUEST.into()),
+                        CANDIDATE_BUCKETS,
+                    )
+                })
+                .ok()
+                .and_then(|b| b.install_recorder().ok())
+        })
+        .clone()
+}
+
+pub fn record_request(route: &'static str, status: u16, labels: &Labels, took: Duration) {
+    let l = [
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+        ("model", labels.model.clone()),
+        ("version", labels.version.clone()),
+    ];
+    metrics::counter!(REQUESTS_TOTAL, &l).increment(1);
+    metrics::histogram!(REQUEST_DURATION_SECONDS, &l).record(took.as_secs_f64());
+}
+
+pub fn record_rank(labels: &Labels, candidates: usize, unknown: usize) {
+    let l = [
+        ("model", labels.model.clone()),
+        ("version", labels.version.clone()),
+    ];
+    metrics::histogram!(CANDIDATES_PER_REQUEST, &l).record(candidates as f64);
+    metrics::counter!(UNKNOWN_CANDIDATES_TOTAL, &l).increment(unknown as u64);
+}
+
+/// Installs the tracing subscriber: human-readable or JSON lines, filtered by `RUST_LOG`.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
