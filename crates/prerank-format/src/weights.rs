@@ -76,6 +76,11 @@ impl<B: AsRef<[u8]>> Weights<B> {
         ))
     }
 
+    /// The data of a tensor located earlier with [`Weights::tensors`] (no name lookup).
+    pub fn data(&self, info: &TensorInfo) -> &[f32] {
+        bytemuck::cast_slice(&self.bytes.as_ref()[info.range.clone()])
+    }
+
     /// Checks that exactly the `expected` tensors are present with these shapes and finite values.
     pub fn check_against(
         &self,
