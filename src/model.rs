@@ -393,12 +393,12 @@ fn matrix<'w, B: AsRef<[u8]>>(w: &'w Weights<B>, l: &Linear) -> ArrayView2<'w, f
 
 /// `x W^T + b` for a batch of rows.
 fn linear2<B: AsRef<[u8]>>(w: &Weights<B>, l: &Linear, x: ArrayView2<'_, f32>) -> Array2<f32> {
-    x.dot(&matrix(w, l).t()) + &ArrayView1::from(w.data(&l.bias))
+    x.dot(&matrix(w, l).t()) + ArrayView1::from(w.data(&l.bias))
 }
 
 /// `W x + b` for one vector.
 fn linear1<B: AsRef<[u8]>>(w: &Weights<B>, l: &Linear, x: ArrayView1<'_, f32>) -> Array1<f32> {
-    matrix(w, l).dot(&x) + &ArrayView1::from(w.data(&l.bias))
+    matrix(w, l).dot(&x) + ArrayView1::from(w.data(&l.bias))
 }
 
 fn layer_norm<B: AsRef<[u8]>>(

@@ -247,7 +247,7 @@ impl Registry {
                         state: st.clone(),
                     })
                     .collect();
-                list.sort_by(|a, b| b.version.cmp(&a.version));
+                list.sort_by_key(|s| std::cmp::Reverse(s.version));
                 (m.clone(), list)
             })
             .collect()

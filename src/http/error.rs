@@ -107,13 +107,10 @@ impl From<RegistryError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
-        let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                self.to_string()
-            }
-            _ => self.to_string(),
-        };
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let message = self.to_string();
         let body = Json(ErrorBody {
             error: ErrorDetail {
                 code: code.to_string(),

@@ -112,7 +112,7 @@ impl Reference {
                     Value::Number(n) if n.is_f64() => format!("{}", n.as_f64().unwrap() as i64),
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
-                    _ => panic!("bad value"),
+                    Value::Null | Value::Array(_) | Value::Object(_) => panic!("bad value"),
                 };
                 1 + (fnv(bytes.as_bytes()) % spec["buckets"].as_u64().unwrap()) as usize
             }

@@ -58,7 +58,7 @@ impl<B: AsRef<[u8]>> ItemAttributes<B> {
                 found: b.len() as u64,
             });
         }
-        if b.as_ptr() as usize % 8 != 0 {
+        if !(b.as_ptr() as usize).is_multiple_of(8) {
             return Err(FormatError::invalid(
                 file,
                 "file is not 8-byte aligned in memory",
@@ -87,11 +87,7 @@ impl<B: AsRef<[u8]>> ItemAttributes<B> {
 
 /// Encodes an attribute file; `values` is `count * n_attrs` row-major.
 pub fn encode(n_attrs: usize, values: &[u64]) -> Vec<u8> {
-    let count = if n_attrs == 0 {
-        0
-    } else {
-        values.len() / n_attrs
-    };
+    let count = values.len().checked_div(n_attrs).unwrap_or(0);
     encode_with_count(n_attrs, count, values)
 }
 

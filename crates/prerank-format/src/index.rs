@@ -111,7 +111,7 @@ impl<B: AsRef<[u8]>> IdIndex<B> {
                 found: b.len() as u64,
             });
         }
-        if b.as_ptr() as usize % 8 != 0 {
+        if !(b.as_ptr() as usize).is_multiple_of(8) {
             return Err(FormatError::invalid(
                 file,
                 "file is not 8-byte aligned in memory",

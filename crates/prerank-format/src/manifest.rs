@@ -165,7 +165,7 @@ impl Manifest {
                 a.d_model,
             ));
         }
-        if a.heads == 0 || a.d_model % a.heads != 0 {
+        if a.heads == 0 || !a.d_model.is_multiple_of(a.heads) {
             return Err(mismatch(
                 "architecture.heads",
                 format!("a divisor of d_model {}", a.d_model),

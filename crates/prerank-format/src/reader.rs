@@ -57,20 +57,13 @@ impl SnapshotFiles {
     /// Opens and checks the version directory `dir` (see the module doc).
     pub fn open(dir: &Path, opts: &OpenOptions) -> Result<SnapshotFiles, FormatError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FormatError::MissingFile {
-                file: MANIFEST_FILE.into(),
-            },
-            _ => FormatError::io(&manifest_path, e),
-        })?;
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| not_found_or_io(e, MANIFEST_FILE, &manifest_path))?;
         let manifest = Manifest::from_json(&text)?;
 
         let map = |file: &str, huge: bool| -> Result<Mmap, FormatError> {
             let path = dir.join(file);
-            let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => FormatError::MissingFile { file: file.into() },
-                _ => FormatError::io(&path, e),
-            })?;
+            let meta = std::fs::metadata(&path).map_err(|e| not_found_or_io(e, file, &path))?;
             let want = manifest.files[file].bytes;
             if meta.len() != want {
                 return Err(FormatError::Size {
@@ -176,5 +169,14 @@ impl SnapshotFiles {
     /// Total bytes mapped for this snapshot.
     pub fn mapped_bytes(&self) -> u64 {
         self.manifest.files.values().map(|f| f.bytes).sum()
+    }
+}
+
+/// A missing file is reported by name; any other I/O error with its path.
+fn not_found_or_io(e: std::io::Error, file: &str, path: &Path) -> FormatError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        FormatError::MissingFile { file: file.into() }
+    } else {
+        FormatError::io(path, e)
     }
 }

@@ -207,7 +207,7 @@ impl<B: AsRef<[u8]>> ItemVectors<B> {
         if dim == 0 {
             return Err(FormatError::mismatch(file, "dim", "> 0", 0));
         }
-        if stride % ALIGN != 0 || stride < dtype.payload_bytes(dim) {
+        if !stride.is_multiple_of(ALIGN) || stride < dtype.payload_bytes(dim) {
             return Err(FormatError::mismatch(
                 file,
                 "row_stride",
@@ -215,7 +215,7 @@ impl<B: AsRef<[u8]>> ItemVectors<B> {
                 stride,
             ));
         }
-        if data_offset % ALIGN as u64 != 0 || data_offset < HEADER_LEN as u64 {
+        if !data_offset.is_multiple_of(ALIGN as u64) || data_offset < HEADER_LEN as u64 {
             return Err(FormatError::mismatch(
                 file,
                 "data_offset",
@@ -234,7 +234,7 @@ impl<B: AsRef<[u8]>> ItemVectors<B> {
                 found: b.len() as u64,
             });
         }
-        if (b.as_ptr() as usize + data_offset as usize) % 4 != 0 {
+        if !(b.as_ptr() as usize + data_offset as usize).is_multiple_of(4) {
             return Err(FormatError::invalid(
                 file,
                 "body is not 4-byte aligned in memory",
@@ -330,7 +330,7 @@ pub fn quantize_int8(v: &[f32]) -> (Vec<i8>, f32) {
 /// Encodes a whole vector file (header + rows) for `vectors` (row-major, `count * dim`).
 pub fn encode(dtype: Dtype, dim: usize, vectors: &[f32]) -> Vec<u8> {
     assert!(
-        dim > 0 && vectors.len() % dim == 0,
+        dim > 0 && vectors.len().is_multiple_of(dim),
         "vectors must be count * dim"
     );
     let count = vectors.len() / dim;
@@ -420,10 +420,11 @@ mod tests {
         let mut v = unit_rows(4, 8);
         v[2 * 8] *= 3.0;
         let f = ItemVectors::parse(encode(Dtype::F32, 8, &v), "v").unwrap();
-        match f.verify_rows().unwrap_err() {
-            FormatError::NotNormalised { row, .. } => assert_eq!(row, 2),
-            other => panic!("unexpected {other}"),
-        }
+        let err = f.verify_rows().unwrap_err();
+        assert!(
+            matches!(err, FormatError::NotNormalised { row: 2, .. }),
+            "unexpected {err}"
+        );
     }
 
     proptest::proptest! {

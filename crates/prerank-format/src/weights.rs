@@ -46,7 +46,7 @@ impl<B: AsRef<[u8]>> Weights<B> {
             }
             let data = view.data();
             let start = data.as_ptr() as usize - base;
-            if data.as_ptr() as usize % 4 != 0 {
+            if !(data.as_ptr() as usize).is_multiple_of(4) {
                 return Err(FormatError::invalid(
                     file,
                     format!("tensor {name} data is not 4-byte aligned (offset {start})"),
