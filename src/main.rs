@@ -35,6 +35,15 @@ enum Command {
         /// The version directory.
         dir: PathBuf,
     },
+    /// Exit 0 if GET http://ADDR/PATH answers 200 (container health checks; no curl needed).
+    Probe {
+        /// host:port of the server.
+        #[arg(long, env = "PRERANK_BIND", default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Path to probe.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Generate a deterministic synthetic snapshot (random-init student, clustered items).
     Synth {
         /// Destination version directory (must not exist), e.g. models/pfd-student/1.
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         Command::Serve(config) => serve(config),
         Command::Inspect { dir, ids } => report(inspect(&dir, ids)),
         Command::Validate { dir } => report(validate(&dir)),
+        Command::Probe { addr, path } => report(probe(&addr, &path)),
         Command::Synth {
             dest,
             items,
@@ -136,10 +146,17 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
         )?;
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for id in files.index.ids() {
-            writeln!(out, "{id}")?;
-        }
-        return Ok(out.flush()?);
+        let written = files
+            .index
+            .ids()
+            .iter()
+            .try_for_each(|id| writeln!(out, "{id}"))
+            .and_then(|()| out.flush());
+        return match written {
+            // `inspect --ids | head` closes the pipe early: that is success, not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => Ok(other?),
+        };
     }
     let checked = Snapshot::load(dir, &LoadOptions::default());
     let files = prerank_format::SnapshotFiles::open(
@@ -203,6 +220,23 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
         ),
         Err(e) => println!("checks:       FAILED: {e}"),
     }
+    Ok(())
+}
+
+fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {addr}"))?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    anyhow::ensure!(&head[9..12] == b"200", "{path} answered {}", String::from_utf8_lossy(&head[9..12]));
     Ok(())
 }
 
