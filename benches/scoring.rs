@@ -1,1 +1,118 @@
-fn main() {}
+//! Criterion benchmarks of the request path's CPU work at real sizes: scoring (id lookup + dot +
+//! top-k, k = 1000) for N = 10^4 and 10^5 candidates and each stored dtype over a synthetic corpus,
+//! and the user tower forward pass with a 50-behaviour sequence.
+//!
+//! The corpus is generated once into `target/bench-snapshots/` (not in git). Size it with
+//! `PRERANK_BENCH_ITEMS` (default 1,000,000). Run: `cargo bench --bench scoring`.
+//! Timings are reported in docs/benchmarks.md; nothing here asserts a time.
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use prerank::model::UserInput;
+use prerank::scoring::{rank, Scratch};
+use prerank::snapshot::{LoadOptions, Snapshot};
+use prerank::synth::{generate, sample_request, SynthConfig};
+use prerank_format::Dtype;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+fn corpus() -> PathBuf {
+    let items: usize = std::env::var("PRERANK_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-snapshots")
+        .join(format!("items-{items}"))
+        .join("bench/1");
+    if !dir.join("manifest.json").exists() {
+        eprintln!(
+            "generating a {items}-item benchmark corpus in {}",
+            dir.display()
+        );
+        let cfg = SynthConfig {
+            model: "bench".into(),
+            items,
+            dtypes: vec![Dtype::F32, Dtype::F16, Dtype::Int8],
+            golden: 0,
+            categories: 1_000,
+            ..SynthConfig::default()
+        };
+        generate(&dir, &cfg).expect("generate benchmark corpus");
+    }
+    dir
+}
+
+fn benches(c: &mut Criterion) {
+    let dir = corpus();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let opts = |dtype| LoadOptions {
+        dtype: Some(dtype),
+        verify: false,
+        huge_pages: true,
+        golden: false,
+    };
+    let snap = Snapshot::load(&dir, &opts(Dtype::F32)).expect("load corpus");
+    let ids = snap.files().index.ids().to_vec();
+    let req = sample_request(&mut rng, &ids, 0, 1000);
+    let mut req50 = req.clone();
+    req50.user.behaviors = (0..50)
+        .map(|_| {
+            req.user
+                .behaviors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| prerank::api::BehaviorJson {
+                    item_id: ids[0],
+                    fields: Default::default(),
+                })
+        })
+        .collect();
+    for (i, b) in req50.user.behaviors.iter_mut().enumerate() {
+        b.item_id = ids[i * 7919 % ids.len()];
+    }
+    let input = UserInput::from_json(&req50.user).unwrap();
+    let u = snap.user_vector(&input).unwrap();
+    let tau = snap.manifest().tau;
+
+    let mut group = c.benchmark_group("score_k1000");
+    group.sample_size(20);
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Int8] {
+        let files = snap.files();
+        let vectors = files.vectors_for(dtype).expect("dtype stored");
+        for n in [10_000usize, 100_000] {
+            let candidates: Vec<u64> = ids.choose_multiple(&mut rng, n).copied().collect();
+            let mut scratch = Scratch::default();
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(
+                BenchmarkId::new(dtype.name(), n),
+                &candidates,
+                |b, cands| {
+                    b.iter(|| {
+                        rank(
+                            &u,
+                            tau,
+                            vectors,
+                            &files.index,
+                            cands,
+                            1000,
+                            &mut scratch,
+                            true,
+                        )
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("user_tower");
+    group.bench_function("forward_behaviors50", |b| {
+        b.iter(|| snap.user_vector(&input).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(scoring, benches);
+criterion_main!(scoring);
