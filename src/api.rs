@@ -26,6 +26,10 @@ pub struct RankRequest {
     /// Also return `probability = sigmoid(score)` per item.
     #[serde(default)]
     pub with_probability: bool,
+    /// A/B bucket override (QA): serve this configured bucket instead of the user's assigned one.
+    /// The `x-prerank-bucket` header does the same; the body wins when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
 }
 
 /// The user: id, profile features and behaviour sequence (most recent first).
@@ -55,6 +59,10 @@ pub struct BehaviorJson {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RankResponse {
     pub request_id: String,
+    /// The A/B bucket that served the request (`default` without a bucket config, `none` when the
+    /// request named a model outside the bucket plan).
+    #[serde(default)]
+    pub bucket: String,
     pub model: String,
     pub version: u64,
     /// Top-k, by descending score (ties: ascending item id).

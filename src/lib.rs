@@ -12,22 +12,29 @@
 //! - [`model`]: the student user tower in ndarray (pure, sync, no I/O).
 //! - [`scoring`]: id lookup, SIMD dot products per dtype, top-k (pure, sync).
 //! - [`snapshot`]: a loaded, verified snapshot (golden checks replayed) and its `rank` entry point.
-//! - [`registry`]: live snapshots per model behind `ArcSwap`, load status per version.
-//! - [`server`]: configuration, model loading/polling, [`server::run`].
-//! - [`http`]: the axum router, handlers and the error -> status mapping.
+//! - [`buckets`]: A/B bucket plan: salted-hash assignment of users, overrides, container pin (pure).
+//! - [`registry`]: the model repository (version policies, completeness, verified loading and warm-up)
+//!   and the live snapshots behind one `ArcSwap`; status per version; lifecycle operations.
+//! - [`publish`]: `prerank publish`: verify, copy to a temp directory, fsync, atomic rename.
+//! - [`watch`]: discovery of new versions (file watcher + polling fallback; tokio).
+//! - [`server`]: configuration, [`server::run`] (ranking listener and optional admin listener).
+//! - [`http`]: the axum routers (ranking API and admin API), handlers and the error -> status mapping.
 //! - [`telemetry`]: metric names, Prometheus recorder, logging set-up.
 //! - [`synth`]: deterministic synthetic snapshots (tests, benchmarks, placeholder model).
 //!
-//! `main.rs` is a thin CLI over these: `serve`, `inspect`, `validate`, `synth`.
+//! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`.
 
 pub mod api;
+pub mod buckets;
 pub mod http;
 pub mod model;
+pub mod publish;
 pub mod registry;
 pub mod scoring;
 pub mod server;
 pub mod snapshot;
 pub mod synth;
 pub mod telemetry;
+pub mod watch;
 
 pub use prerank_format as format;

@@ -22,6 +22,17 @@ struct Cli {
 enum Command {
     /// Serve the models under --model-root over HTTP.
     Serve(ServeConfig),
+    /// Verify a snapshot and publish a copy into a model directory atomically (prints the new
+    /// version directory).
+    Publish {
+        /// The snapshot version directory to publish.
+        src: PathBuf,
+        /// The model directory in the repository, e.g. models/pfd-student.
+        model_dir: PathBuf,
+        /// Version to publish as (default: one above the highest present).
+        #[arg(long)]
+        version: Option<u64>,
+    },
     /// Print a summary of a snapshot version directory.
     Inspect {
         /// The version directory, e.g. models/pfd-student/1.
@@ -68,6 +79,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Publish {
+            src,
+            model_dir,
+            version,
+        } => report(
+            prerank::publish::publish(&src, &model_dir, version)
+                .map(|dest| println!("{}", dest.display()))
+                .map_err(anyhow::Error::from),
+        ),
         Command::Inspect { dir, ids } => report(inspect(&dir, ids)),
         Command::Validate { dir } => report(validate(&dir)),
         Command::Probe { addr, path } => report(probe(&addr, &path)),

@@ -1,20 +1,40 @@
-//! The registry of live snapshots: model name -> the `Arc<Snapshot>` currently served.
+//! The model repository and the registry of live snapshots.
 //!
-//! Readers (request handlers) take one `Arc<Snapshot>` with a lock-free `ArcSwap` load and keep it for
-//! the whole request, so a response never mixes two versions and a replaced snapshot's memory maps are
-//! released when its last request finishes. Writers (start-up, reloads) build and verify a complete
-//! snapshot off the request path and install it with one store. Load failures are recorded per model
-//! and version, so `GET /v1/models` shows why a version is not served while the last good one is.
+//! The repository is `<root>/<model>/<version>/` (integer versions, TF Serving layout). Each model has a
+//! version policy: `latest` (the default: serve the highest version that verifies) or `pinned` to one
+//! version (set by the admin API, e.g. by a rollback). Buckets may additionally pin versions of a model
+//! that must stay loaded alongside the policy's one ([`Registry::with_bucket_targets`]).
+//!
+//! Invariants:
+//!
+//! - Readers (request handlers) take one `Arc<Snapshot>` with a lock-free `ArcSwap` load and keep it for
+//!   the whole request, so a response never mixes two versions. The set of live snapshots is one
+//!   immutable [`Live`] value replaced with one store; a replaced snapshot's memory maps are released
+//!   when its last `Arc` (the registry's or an in-flight request's) drops.
+//! - Only complete versions are attempted: a version directory must hold a parseable manifest and every
+//!   file it lists with the listed size ([`check_complete`]). An incomplete version (a slow `cp -r` in
+//!   progress) is reported as `incomplete` and retried on every scan; it never becomes `failed`. A
+//!   complete version that fails verification (checksums, contents, golden checks, name/version
+//!   mismatch) is `failed` for good (published versions are immutable) unless an operator explicitly
+//!   loads it again; the current version keeps serving.
+//! - Loading, verification and warm-up happen on the calling (blocking) thread, never on the request
+//!   path; all lifecycle changes are serialised by one lock, so a poll, a watcher event and an admin
+//!   call never load the same version twice at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use prerank_format::manifest::valid_model_name;
+use prerank_format::manifest::{valid_model_name, MANIFEST_FILE};
+use prerank_format::Manifest;
 use serde::Serialize;
 
+use crate::api::RankRequest;
+use crate::scoring::Scratch;
 use crate::snapshot::{LoadOptions, Snapshot};
+use crate::telemetry;
 
 /// Errors of the registry layer (what a request can hit when choosing a model).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,14 +45,52 @@ pub enum RegistryError {
     NoModel,
     #[error("several models are loaded ({0}); name one in the request's `model` field")]
     AmbiguousModel(String),
+    #[error("version {version} of model {model:?} is not loaded")]
+    VersionNotLoaded { model: String, version: u64 },
+}
+
+/// Errors of lifecycle operations (admin API, `prerank publish` targets).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("invalid model name {0:?}: expected [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")]
+    InvalidModelName(String),
+    #[error("invalid version {0:?}: expected a positive integer without leading zeros")]
+    InvalidVersion(String),
+    #[error("model {0:?} has no directory under the model root")]
+    UnknownModel(String),
+    #[error("model {model:?} has no version {version} on disk")]
+    NoSuchVersion { model: String, version: u64 },
+    #[error("version {version} of model {model:?} is incomplete: {reason}")]
+    Incomplete {
+        model: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("version {version} of model {model:?} failed to load: {reason}")]
+    LoadFailed {
+        model: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("model {0:?} has no earlier loadable version to roll back to")]
+    NoPreviousVersion(String),
+    #[error("cannot read the model repository: {0}")]
+    Io(String),
 }
 
 /// State of one version of a model, as TF Serving reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum VersionState {
+    /// On disk, not loaded (never tried, replaced, or unloaded).
+    NotLoaded,
+    /// Files present but not all of them yet (a copy in progress); retried on every scan.
+    Incomplete { reason: String },
+    /// Being read, verified and warmed up.
     Loading,
+    /// Verified and live.
     Available,
+    /// Complete but rejected (checksum, contents, golden checks, manifest/directory mismatch).
     Failed { reason: String },
 }
 
@@ -43,14 +101,83 @@ pub struct VersionStatus {
     pub state: VersionState,
 }
 
-/// The live snapshots and the load history.
+/// Which version of a model is served by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum VersionPolicy {
+    /// The highest version that verifies.
+    Latest,
+    /// Exactly this version.
+    Pinned { version: u64 },
+}
+
+/// One model's live snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct LiveModel {
+    /// The version requests get when they name no version (the policy's); `None` when only
+    /// bucket-pinned versions are loaded.
+    pub serving: Option<u64>,
+    /// Every loaded version: the serving one and any bucket-pinned ones.
+    pub versions: BTreeMap<u64, Arc<Snapshot>>,
+}
+
+impl LiveModel {
+    fn serving_snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.serving.and_then(|v| self.versions.get(&v))
+    }
+}
+
+/// Every live snapshot: replaced as a whole with one `ArcSwap` store.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub models: BTreeMap<String, LiveModel>,
+}
+
+/// Mutable bookkeeping (never read on the request path).
+#[derive(Debug, Default)]
+struct Book {
+    states: BTreeMap<String, BTreeMap<u64, VersionState>>,
+    policy: BTreeMap<String, VersionPolicy>,
+    /// Models unloaded by an operator: not loaded again until an explicit load.
+    unloaded: BTreeSet<String>,
+    /// Serving versions, oldest first (bounded), for rollback.
+    history: BTreeMap<String, Vec<u64>>,
+}
+
+const HISTORY_LEN: usize = 32;
+
+/// What the admin API reports about one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub policy: VersionPolicy,
+    /// Unloaded by an operator (not served until loaded again).
+    pub unloaded: bool,
+    /// The version served to requests that name none.
+    pub serving: Option<u64>,
+    /// Versions kept loaded (serving and bucket-pinned).
+    pub loaded: Vec<u64>,
+    /// Every version on disk or tried, newest first.
+    pub versions: Vec<VersionStatus>,
+}
+
+/// The live snapshots, the repository scanner and the lifecycle operations.
 #[derive(Debug)]
 pub struct Registry {
     root: PathBuf,
-    live: ArcSwap<BTreeMap<String, Arc<Snapshot>>>,
-    status: Mutex<BTreeMap<String, BTreeMap<u64, VersionState>>>,
+    live: ArcSwap<Live>,
+    book: Mutex<Book>,
+    /// Serialises every load / swap / unload (held on blocking threads only).
+    lifecycle: Mutex<()>,
     default_model: Option<String>,
     load_options: LoadOptions,
+    /// (model, pinned version) each configured bucket needs live; empty without buckets.
+    bucket_targets: Vec<(String, Option<u64>)>,
+    /// Extra warm-up passes over the golden requests (with every item as candidate) before a swap.
+    warmup_rounds: usize,
+    /// An optional warm-up request replayed `warmup_rounds` times (instead of the golden requests).
+    warmup_request: Option<RankRequest>,
 }
 
 /// Integer version directories of `model_dir`, highest first. Names that are not canonical positive
@@ -64,25 +191,85 @@ pub fn scan_versions(model_dir: &Path) -> std::io::Result<Vec<u64>> {
         }
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Ok(v) = name.parse::<u64>() {
-            if v > 0 && v.to_string() == name {
-                versions.push(v);
-            }
+        if let Some(v) = parse_version(name) {
+            versions.push(v);
         }
     }
     versions.sort_unstable_by(|a, b| b.cmp(a));
     Ok(versions)
 }
 
+/// A canonical positive decimal version (`"3"`, not `"03"`, `"+3"` or `"0"`).
+pub fn parse_version(s: &str) -> Option<u64> {
+    let v = s.parse::<u64>().ok()?;
+    (v > 0 && v.to_string() == s).then_some(v)
+}
+
+/// Whether `dir` holds a complete version: a parseable manifest and every listed file with its listed
+/// size. Cheap (one read of the manifest, one `stat` per file). `Err` carries the reason it is not
+/// complete yet; the caller retries later.
+pub fn check_complete(dir: &Path) -> Result<Manifest, String> {
+    let text = match std::fs::read_to_string(dir.join(MANIFEST_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{MANIFEST_FILE} is missing"))
+        }
+        Err(e) => return Err(format!("{MANIFEST_FILE}: {e}")),
+    };
+    let manifest = Manifest::from_json(&text).map_err(|e| e.to_string())?;
+    for (name, entry) in &manifest.files {
+        match std::fs::metadata(dir.join(name)) {
+            Ok(m) if m.len() == entry.bytes => {}
+            Ok(m) => {
+                return Err(format!(
+                    "{name}: {} of {} bytes present",
+                    m.len(),
+                    entry.bytes
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("{name} is missing"))
+            }
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
+    }
+    Ok(manifest)
+}
+
+/// Why one version did not load.
+enum Attempt {
+    Incomplete(String),
+    Failed(String),
+}
+
 impl Registry {
     pub fn new(root: &Path, default_model: Option<String>, load_options: LoadOptions) -> Registry {
         Registry {
             root: root.to_path_buf(),
-            live: ArcSwap::from_pointee(BTreeMap::new()),
-            status: Mutex::new(BTreeMap::new()),
+            live: ArcSwap::from_pointee(Live::default()),
+            book: Mutex::new(Book::default()),
+            lifecycle: Mutex::new(()),
             default_model,
             load_options,
+            bucket_targets: Vec::new(),
+            warmup_rounds: 1,
+            warmup_request: None,
         }
+    }
+
+    /// The (model, optional pinned version) of every configured bucket: pinned versions are kept
+    /// loaded, and readiness requires all of them live.
+    pub fn with_bucket_targets(mut self, targets: Vec<(String, Option<u64>)>) -> Registry {
+        self.bucket_targets = targets;
+        self
+    }
+
+    /// Warm-up before a swap: `rounds` passes of `request` (or of the golden requests, scoring every
+    /// item, when `None`).
+    pub fn with_warmup(mut self, rounds: usize, request: Option<RankRequest>) -> Registry {
+        self.warmup_rounds = rounds;
+        self.warmup_request = request;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -106,36 +293,497 @@ impl Registry {
         Ok(names)
     }
 
-    /// Loads the newest version of `model` that verifies, trying older ones if newer ones fail, and
-    /// installs it unless the same version is already live. Blocking (file I/O and checksums): call
-    /// from a blocking thread. Returns the version now live, if any.
-    pub fn load_latest(&self, model: &str) -> Option<u64> {
-        let dir = self.root.join(model);
-        let versions = match scan_versions(&dir) {
-            Ok(v) => v,
+    // ---- request path -------------------------------------------------------------------------
+
+    /// The snapshot a request should use: the named model, or the default one, at its serving version.
+    pub fn get(&self, model: Option<&str>) -> Result<Arc<Snapshot>, RegistryError> {
+        let live = self.live.load();
+        let serving: BTreeMap<&str, &Arc<Snapshot>> = live
+            .models
+            .iter()
+            .filter_map(|(n, m)| m.serving_snapshot().map(|s| (n.as_str(), s)))
+            .collect();
+        let name = match (model, &self.default_model) {
+            (Some(m), _) => m,
+            (None, Some(d)) => d.as_str(),
+            (None, None) => match serving.len() {
+                0 => return Err(RegistryError::NoModel),
+                1 => serving.keys().next().copied().unwrap_or_default(),
+                _ => {
+                    return Err(RegistryError::AmbiguousModel(
+                        serving.keys().copied().collect::<Vec<_>>().join(", "),
+                    ))
+                }
+            },
+        };
+        match serving.get(name) {
+            Some(s) => Ok(Arc::clone(s)),
+            None if serving.is_empty() => Err(RegistryError::NoModel),
+            None => Err(RegistryError::UnknownModel(name.to_string())),
+        }
+    }
+
+    /// The snapshot of `model` at `version` (a bucket's pinned version), or at its serving version.
+    pub fn get_version(
+        &self,
+        model: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<Snapshot>, RegistryError> {
+        let Some(version) = version else {
+            return self.get(Some(model));
+        };
+        let live = self.live.load();
+        live.models
+            .get(model)
+            .and_then(|m| m.versions.get(&version))
+            .cloned()
+            .ok_or_else(|| RegistryError::VersionNotLoaded {
+                model: model.to_string(),
+                version,
+            })
+    }
+
+    /// The serving snapshot of every model.
+    pub fn live(&self) -> Vec<Arc<Snapshot>> {
+        self.live
+            .load()
+            .models
+            .values()
+            .filter_map(|m| m.serving_snapshot().cloned())
+            .collect()
+    }
+
+    /// The whole live set (one consistent view).
+    pub fn live_set(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    pub fn live_version(&self, model: &str) -> Option<u64> {
+        self.live.load().models.get(model).and_then(|m| m.serving)
+    }
+
+    /// Ready when every configured bucket's model (and pinned version) is live; without buckets, when
+    /// at least one model is live (and the default model, if one is configured).
+    pub fn is_ready(&self) -> bool {
+        if !self.bucket_targets.is_empty() {
+            return self
+                .bucket_targets
+                .iter()
+                .all(|(m, v)| self.get_version(m, *v).is_ok());
+        }
+        match &self.default_model {
+            Some(d) => self.live_version(d).is_some(),
+            None => !self.live().is_empty(),
+        }
+    }
+
+    // ---- status -------------------------------------------------------------------------------
+
+    /// Per-model version states (not_loaded / incomplete / loading / available / failed).
+    pub fn status(&self) -> BTreeMap<String, Vec<VersionStatus>> {
+        let book = self.book();
+        book.states
+            .iter()
+            .map(|(m, vs)| (m.clone(), version_list(vs)))
+            .collect()
+    }
+
+    /// The policy of `model`.
+    pub fn policy(&self, model: &str) -> VersionPolicy {
+        self.book()
+            .policy
+            .get(model)
+            .copied()
+            .unwrap_or(VersionPolicy::Latest)
+    }
+
+    /// Everything the admin API says about every model (on disk, tried or live).
+    pub fn report(&self) -> Vec<ModelReport> {
+        let mut names: BTreeSet<String> = self.model_names().unwrap_or_default().into_iter().collect();
+        names.extend(self.live.load().models.keys().cloned());
+        names.extend(self.book().states.keys().cloned());
+        names.iter().map(|n| self.report_model(n)).collect()
+    }
+
+    /// The admin report of one model.
+    pub fn report_model(&self, model: &str) -> ModelReport {
+        let live = self.live.load();
+        let lm = live.models.get(model);
+        let on_disk = scan_versions(&self.root.join(model)).unwrap_or_default();
+        let book = self.book();
+        let mut states = book.states.get(model).cloned().unwrap_or_default();
+        for v in on_disk {
+            states.entry(v).or_insert(VersionState::NotLoaded);
+        }
+        ModelReport {
+            name: model.to_string(),
+            policy: book
+                .policy
+                .get(model)
+                .copied()
+                .unwrap_or(VersionPolicy::Latest),
+            unloaded: book.unloaded.contains(model),
+            serving: lm.and_then(|m| m.serving),
+            loaded: lm
+                .map(|m| m.versions.keys().rev().copied().collect())
+                .unwrap_or_default(),
+            versions: version_list(&states),
+        }
+    }
+
+    // ---- lifecycle ----------------------------------------------------------------------------
+
+    /// Scans the whole repository and brings every model to its policy (blocking: call from a
+    /// blocking thread).
+    pub fn reconcile_all(&self) {
+        let mut names: BTreeSet<String> = match self.model_names() {
+            Ok(n) => {
+                if n.is_empty() {
+                    tracing::warn!(root = %self.root.display(), "no model directories under the model root");
+                }
+                n.into_iter().collect()
+            }
             Err(e) => {
-                tracing::warn!(model, error = %e, "cannot list model directory");
-                return self.live_version(model);
+                tracing::error!(root = %self.root.display(), error = %e, "cannot read the model root");
+                BTreeSet::new()
             }
         };
-        for v in versions {
-            if self.live_version(model) == Some(v) {
-                return Some(v);
-            }
-            if matches!(self.state(model, v), Some(VersionState::Failed { .. })) {
-                continue; // published versions are immutable: a failed one stays failed
-            }
-            if self.load_version(model, v).is_ok() {
-                return Some(v);
-            }
+        names.extend(self.bucket_targets.iter().map(|(m, _)| m.clone()));
+        names.extend(self.live.load().models.keys().cloned());
+        for name in names {
+            self.reconcile(&name);
         }
+    }
+
+    /// Compatibility name of [`Registry::reconcile`]: returns the version now served.
+    pub fn load_latest(&self, model: &str) -> Option<u64> {
+        self.reconcile(model);
         self.live_version(model)
     }
 
-    /// Loads and verifies one version and installs it. The current version keeps serving on failure.
-    pub fn load_version(&self, model: &str, version: u64) -> Result<(), String> {
+    /// Brings one model to its policy: loads what is missing, swaps, unloads what is no longer needed.
+    pub fn reconcile(&self, model: &str) {
+        let _guard = self.lock_lifecycle();
+        self.reconcile_locked(model);
+    }
+
+    /// Pins `model` to `version` (loading and verifying it first). On failure the policy and the
+    /// serving version are unchanged.
+    pub fn pin(&self, model: &str, version: u64) -> Result<ModelReport, LifecycleError> {
+        self.check_model(model)?;
+        let _guard = self.lock_lifecycle();
+        self.book().unloaded.remove(model);
+        self.require_loaded(model, version, true)?;
+        self.book()
+            .policy
+            .insert(model.to_string(), VersionPolicy::Pinned { version });
+        tracing::info!(model, version, "model pinned");
+        self.reconcile_locked(model);
+        Ok(self.report_model(model))
+    }
+
+    /// Returns `model` to the `latest` policy.
+    pub fn unpin(&self, model: &str) -> Result<ModelReport, LifecycleError> {
+        self.check_model(model)?;
+        let _guard = self.lock_lifecycle();
+        self.book().policy.remove(model);
+        self.book().unloaded.remove(model);
+        tracing::info!(model, "model unpinned (policy: latest)");
+        self.reconcile_locked(model);
+        Ok(self.report_model(model))
+    }
+
+    /// Loads `model`: at `version` (pinning it, like an explicit Triton load of one version), or under
+    /// its policy when `None`. Clears an earlier unload.
+    pub fn load(&self, model: &str, version: Option<u64>) -> Result<ModelReport, LifecycleError> {
+        match version {
+            Some(v) => self.pin(model, v),
+            None => {
+                self.check_model(model)?;
+                let _guard = self.lock_lifecycle();
+                self.book().unloaded.remove(model);
+                self.reconcile_locked(model);
+                Ok(self.report_model(model))
+            }
+        }
+    }
+
+    /// Unloads `model` entirely: requests naming it get `model_not_found` until it is loaded again.
+    pub fn unload(&self, model: &str) -> Result<ModelReport, LifecycleError> {
+        self.check_model(model)?;
+        let _guard = self.lock_lifecycle();
+        self.book().unloaded.insert(model.to_string());
+        tracing::warn!(model, "model unloaded by operator");
+        self.reconcile_locked(model);
+        Ok(self.report_model(model))
+    }
+
+    /// Pins `model` to the version served before the current one (else the highest loadable version
+    /// below it).
+    pub fn rollback(&self, model: &str) -> Result<ModelReport, LifecycleError> {
+        self.check_model(model)?;
+        let _guard = self.lock_lifecycle();
+        let current = self
+            .live_version(model)
+            .ok_or_else(|| LifecycleError::NoPreviousVersion(model.to_string()))?;
+        let on_disk = scan_versions(&self.root.join(model)).unwrap_or_default();
+        let history = self.book().history.get(model).cloned().unwrap_or_default();
+        let mut candidates: Vec<u64> = history
+            .iter()
+            .rev()
+            .copied()
+            .filter(|v| *v != current && on_disk.contains(v))
+            .collect();
+        candidates.extend(on_disk.iter().copied().filter(|v| *v < current));
+        let mut seen = BTreeSet::new();
+        candidates.retain(|v| seen.insert(*v));
+        for v in candidates {
+            if matches!(self.state(model, v), Some(VersionState::Failed { .. })) {
+                continue;
+            }
+            if self.require_loaded(model, v, false).is_ok() {
+                self.book()
+                    .policy
+                    .insert(model.to_string(), VersionPolicy::Pinned { version: v });
+                tracing::warn!(model, from = current, to = v, "rolled back (model pinned)");
+                self.reconcile_locked(model);
+                return Ok(self.report_model(model));
+            }
+        }
+        Err(LifecycleError::NoPreviousVersion(model.to_string()))
+    }
+
+    /// Installs a verified snapshot as its model's serving version (one atomic store). For embedding
+    /// and tests; the repository scan does this itself.
+    pub fn install(&self, snap: Snapshot) {
+        let _guard = self.lock_lifecycle();
+        let model = snap.info().model.clone();
+        let version = snap.info().version;
+        let mut next = Live::clone(&self.live.load());
+        let lm = next.models.entry(model.clone()).or_default();
+        let old = lm.serving.replace(version);
+        lm.versions.insert(version, Arc::new(snap));
+        if let Some(o) = old.filter(|o| *o != version) {
+            lm.versions.remove(&o);
+            self.set_state(&model, o, VersionState::NotLoaded);
+        }
+        self.live.store(Arc::new(next));
+        self.set_state(&model, version, VersionState::Available);
+        self.note_serving(&model, Some(version));
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), LifecycleError> {
+        if !valid_model_name(model) {
+            return Err(LifecycleError::InvalidModelName(model.to_string()));
+        }
+        if !self.root.join(model).is_dir() && !self.live.load().models.contains_key(model) {
+            return Err(LifecycleError::UnknownModel(model.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Makes sure `version` is loaded (keeping the result for the next reconcile). `retry_failed`
+    /// retries a version that failed before (an explicit operator request).
+    fn require_loaded(
+        &self,
+        model: &str,
+        version: u64,
+        retry_failed: bool,
+    ) -> Result<(), LifecycleError> {
+        if self
+            .live
+            .load()
+            .models
+            .get(model)
+            .is_some_and(|m| m.versions.contains_key(&version))
+        {
+            return Ok(());
+        }
+        if !self.root.join(model).join(version.to_string()).is_dir() {
+            return Err(LifecycleError::NoSuchVersion {
+                model: model.to_string(),
+                version,
+            });
+        }
+        if !retry_failed {
+            if let Some(VersionState::Failed { reason }) = self.state(model, version) {
+                return Err(LifecycleError::LoadFailed {
+                    model: model.to_string(),
+                    version,
+                    reason,
+                });
+            }
+        }
+        match self.attempt(model, version) {
+            Ok(snap) => {
+                // Keep it loaded (not serving yet); the caller's policy change + reconcile decides.
+                let mut next = Live::clone(&self.live.load());
+                next.models
+                    .entry(model.to_string())
+                    .or_default()
+                    .versions
+                    .insert(version, snap);
+                self.live.store(Arc::new(next));
+                Ok(())
+            }
+            Err(Attempt::Incomplete(reason)) => Err(LifecycleError::Incomplete {
+                model: model.to_string(),
+                version,
+                reason,
+            }),
+            Err(Attempt::Failed(reason)) => Err(LifecycleError::LoadFailed {
+                model: model.to_string(),
+                version,
+                reason,
+            }),
+        }
+    }
+
+    fn reconcile_locked(&self, model: &str) {
+        let dir = self.root.join(model);
+        let on_disk = match scan_versions(&dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(model, error = %e, "cannot list model directory");
+                return;
+            }
+        };
+        let current = self.live.load().models.get(model).cloned().unwrap_or_default();
+        let mut loaded = current.versions.clone();
+        let (policy, unloaded) = {
+            let book = self.book();
+            (
+                book.policy
+                    .get(model)
+                    .copied()
+                    .unwrap_or(VersionPolicy::Latest),
+                book.unloaded.contains(model),
+            )
+        };
+        // Forget states of versions that left the disk (bounded bookkeeping), except loaded ones.
+        self.status_mut(|s| {
+            if let Some(m) = s.get_mut(model) {
+                m.retain(|v, _| on_disk.contains(v) || loaded.contains_key(v));
+            }
+        });
+
+        let mut want: BTreeSet<u64> = BTreeSet::new();
+        let mut serving = None;
+        if !unloaded {
+            serving = match policy {
+                VersionPolicy::Latest => {
+                    let mut chosen = None;
+                    for &v in &on_disk {
+                        if loaded.contains_key(&v) {
+                            chosen = Some(v);
+                            break;
+                        }
+                        if matches!(self.state(model, v), Some(VersionState::Failed { .. })) {
+                            continue;
+                        }
+                        if let Ok(snap) = self.attempt(model, v) {
+                            loaded.insert(v, snap);
+                            chosen = Some(v);
+                            break;
+                        }
+                    }
+                    // Nothing loadable on disk (e.g. the directory was removed): keep serving.
+                    chosen.or(current.serving)
+                }
+                VersionPolicy::Pinned { version } => {
+                    if !loaded.contains_key(&version)
+                        && !matches!(
+                            self.state(model, version),
+                            Some(VersionState::Failed { .. })
+                        )
+                    {
+                        if let Ok(snap) = self.attempt(model, version) {
+                            loaded.insert(version, snap);
+                        }
+                    }
+                    if loaded.contains_key(&version) {
+                        Some(version)
+                    } else {
+                        current.serving
+                    }
+                }
+            };
+            want.extend(serving);
+            for (m, v) in &self.bucket_targets {
+                let Some(v) = v.filter(|_| m == model) else {
+                    continue;
+                };
+                if !loaded.contains_key(&v)
+                    && on_disk.contains(&v)
+                    && !matches!(self.state(model, v), Some(VersionState::Failed { .. }))
+                {
+                    if let Ok(snap) = self.attempt(model, v) {
+                        loaded.insert(v, snap);
+                    }
+                }
+                if loaded.contains_key(&v) {
+                    want.insert(v);
+                }
+            }
+        }
+        loaded.retain(|v, _| want.contains(v));
+
+        let before: Vec<u64> = current.versions.keys().copied().collect();
+        let after: Vec<u64> = loaded.keys().copied().collect();
+        let live_now: Vec<u64> = self
+            .live
+            .load()
+            .models
+            .get(model)
+            .map(|m| m.versions.keys().copied().collect())
+            .unwrap_or_default();
+        if before == after && current.serving == serving && live_now == before {
+            return;
+        }
+        let mut next = Live::clone(&self.live.load());
+        if loaded.is_empty() {
+            next.models.remove(model);
+        } else {
+            next.models.insert(
+                model.to_string(),
+                LiveModel {
+                    serving,
+                    versions: loaded,
+                },
+            );
+        }
+        self.live.store(Arc::new(next));
+        for v in live_now.iter().filter(|v| !after.contains(v)) {
+            self.set_state(model, *v, VersionState::NotLoaded);
+        }
+        for v in &after {
+            self.set_state(model, *v, VersionState::Available);
+        }
+        if current.serving != serving {
+            tracing::info!(model, from = ?current.serving, to = ?serving, "serving version swapped");
+        }
+        self.note_serving(model, serving);
+    }
+
+    /// Checks completeness, then loads, verifies and warms one version up (not installed).
+    fn attempt(&self, model: &str, version: u64) -> Result<Arc<Snapshot>, Attempt> {
         let dir = self.root.join(model).join(version.to_string());
+        if let Err(reason) = check_complete(&dir) {
+            let changed = self.state(model, version)
+                != Some(VersionState::Incomplete {
+                    reason: reason.clone(),
+                });
+            if changed {
+                tracing::info!(model, version, %reason, "version directory incomplete; will retry");
+                self.set_state(model, version, VersionState::Incomplete { reason: reason.clone() });
+            }
+            return Err(Attempt::Incomplete(reason));
+        }
         self.set_state(model, version, VersionState::Loading);
+        metrics::counter!(telemetry::MODEL_LOAD_ATTEMPTS_TOTAL, "model" => model.to_string())
+            .increment(1);
+        let started = Instant::now();
         let result = Snapshot::load(&dir, &self.load_options)
             .map_err(|e| e.to_string())
             .and_then(|snap| {
@@ -146,8 +794,11 @@ impl Registry {
                         m.model, m.version
                     ));
                 }
+                self.warm_up(&snap)?;
                 Ok(snap)
             });
+        metrics::histogram!(telemetry::MODEL_LOAD_DURATION_SECONDS, "model" => model.to_string())
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(snap) => {
                 tracing::info!(
@@ -156,13 +807,15 @@ impl Registry {
                     items = snap.info().item_count,
                     dtype = %snap.info().dtype,
                     load_ms = snap.info().load_ms,
-                    "snapshot loaded"
+                    warm_ms = started.elapsed().as_millis() as u64,
+                    "snapshot loaded and verified"
                 );
-                self.install(snap);
-                Ok(())
+                Ok(Arc::new(snap))
             }
             Err(reason) => {
                 tracing::error!(model, version, %reason, "snapshot rejected; the current version keeps serving");
+                metrics::counter!(telemetry::MODEL_LOAD_FAILURES_TOTAL, "model" => model.to_string())
+                    .increment(1);
                 self.set_state(
                     model,
                     version,
@@ -170,92 +823,78 @@ impl Registry {
                         reason: reason.clone(),
                     },
                 );
-                Err(reason)
+                Err(Attempt::Failed(reason))
             }
         }
     }
 
-    /// Installs a verified snapshot as its model's live version (one atomic store).
-    pub fn install(&self, snap: Snapshot) {
-        let model = snap.info().model.clone();
-        let version = snap.info().version;
-        let snap = Arc::new(snap);
-        let old_version = self.live_version(&model);
-        self.live.rcu(|live| {
-            let mut next = BTreeMap::clone(live);
-            next.insert(model.clone(), Arc::clone(&snap));
-            next
-        });
-        if let Some(old) = old_version.filter(|o| *o != version) {
-            self.status_mut(|s| {
-                s.entry(model.clone()).or_default().remove(&old);
-            });
+    /// Runs the warm-up requests through the snapshot (faults in its pages and the tower's weights,
+    /// and proves the request path works on it) before it can be installed.
+    fn warm_up(&self, snap: &Snapshot) -> Result<(), String> {
+        if self.warmup_rounds == 0 {
+            return Ok(());
         }
-        self.set_state(&model, version, VersionState::Available);
-    }
-
-    /// The snapshot a request should use: the named model, or the default one.
-    pub fn get(&self, model: Option<&str>) -> Result<Arc<Snapshot>, RegistryError> {
-        let live = self.live.load();
-        let name = match (model, &self.default_model) {
-            (Some(m), _) => m,
-            (None, Some(d)) => d.as_str(),
-            (None, None) => match live.len() {
-                0 => return Err(RegistryError::NoModel),
-                1 => live.keys().next().map(String::as_str).unwrap_or_default(),
-                _ => {
-                    return Err(RegistryError::AmbiguousModel(
-                        live.keys().cloned().collect::<Vec<_>>().join(", "),
-                    ))
-                }
-            },
-        };
-        match live.get(name) {
-            Some(s) => Ok(Arc::clone(s)),
-            None if live.is_empty() => Err(RegistryError::NoModel),
-            None => Err(RegistryError::UnknownModel(name.to_string())),
-        }
-    }
-
-    /// All live snapshots.
-    pub fn live(&self) -> Vec<Arc<Snapshot>> {
-        self.live.load().values().cloned().collect()
-    }
-
-    pub fn live_version(&self, model: &str) -> Option<u64> {
-        self.live.load().get(model).map(|s| s.info().version)
-    }
-
-    /// Ready when at least one verified model is live (and the default model, if one is configured).
-    pub fn is_ready(&self) -> bool {
-        let live = self.live.load();
-        match &self.default_model {
-            Some(d) => live.contains_key(d),
-            None => !live.is_empty(),
-        }
-    }
-
-    /// Per-model version states (loading / available / failed with reason).
-    pub fn status(&self) -> BTreeMap<String, Vec<VersionStatus>> {
-        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        s.iter()
-            .map(|(m, vs)| {
-                let mut list: Vec<VersionStatus> = vs
+        let mut scratch = Scratch::default();
+        let requests: Vec<RankRequest> = match &self.warmup_request {
+            Some(r) => vec![r.clone()],
+            None => {
+                let ids = snap.files().index.ids().to_vec();
+                snap.manifest()
+                    .golden
                     .iter()
-                    .map(|(v, st)| VersionStatus {
-                        version: *v,
-                        state: st.clone(),
+                    .filter_map(|g| serde_json::from_value::<RankRequest>(g.request.clone()).ok())
+                    .map(|mut r| {
+                        r.candidates = ids.clone();
+                        r
                     })
-                    .collect();
-                list.sort_by_key(|s| std::cmp::Reverse(s.version));
-                (m.clone(), list)
-            })
-            .collect()
+                    .collect()
+            }
+        };
+        for _ in 0..self.warmup_rounds {
+            for r in &requests {
+                let k = usize::try_from(r.k).unwrap_or(1).clamp(1, 10_000);
+                snap.rank(r, k, &mut scratch)
+                    .map_err(|e| format!("warm-up request failed: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn note_serving(&self, model: &str, serving: Option<u64>) {
+        match serving {
+            Some(v) => {
+                metrics::gauge!(telemetry::MODEL_LIVE_VERSION, "model" => model.to_string())
+                    .set(v as f64);
+                let mut book = self.book();
+                let h = book.history.entry(model.to_string()).or_default();
+                if h.last() != Some(&v) {
+                    h.push(v);
+                    if h.len() > HISTORY_LEN {
+                        h.remove(0);
+                    }
+                }
+            }
+            None => {
+                metrics::gauge!(telemetry::MODEL_LIVE_VERSION, "model" => model.to_string())
+                    .set(0.0);
+            }
+        }
+    }
+
+    fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn state(&self, model: &str, version: u64) -> Option<VersionState> {
-        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        s.get(model).and_then(|m| m.get(&version)).cloned()
+        self.book()
+            .states
+            .get(model)
+            .and_then(|m| m.get(&version))
+            .cloned()
     }
 
     fn set_state(&self, model: &str, version: u64, state: VersionState) {
@@ -267,7 +906,16 @@ impl Registry {
     }
 
     fn status_mut(&self, f: impl FnOnce(&mut BTreeMap<String, BTreeMap<u64, VersionState>>)) {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s);
+        f(&mut self.book().states);
     }
+}
+
+fn version_list(vs: &BTreeMap<u64, VersionState>) -> Vec<VersionStatus> {
+    vs.iter()
+        .rev()
+        .map(|(v, st)| VersionStatus {
+            version: *v,
+            state: st.clone(),
+        })
+        .collect()
 }

@@ -1,22 +1,55 @@
-//! Start-up and lifecycle: the serve configuration, the model loader and poller, and [`run`], which
-//! serves the router on a given listener until a shutdown future resolves.
+//! Start-up and lifecycle wiring: the serve configuration and [`run`], which serves the ranking API (and
+//! the admin API on its own listener, when enabled) until a shutdown future resolves.
 //!
 //! `run` starts answering at once (`/healthz` 200, `/readyz` 503) and loads models on the blocking pool;
-//! `/readyz` turns 200 when a verified model is live. A poller re-scans the model root every
-//! `poll_interval` and installs newer versions that verify; a version that fails verification is
-//! recorded and the current one keeps serving.
+//! `/readyz` turns 200 when every configured bucket (or, without buckets, a model) has a verified
+//! snapshot live. New versions are discovered by a file watcher on the model root with a periodic
+//! rescan as fallback ([`crate::watch`]); a version that fails verification is recorded and the current
+//! one keeps serving. Secrets (the admin token) never appear in `Debug` output or logs.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use prerank_format::Dtype;
 use tokio::net::TcpListener;
 
-use crate::http::{router, AppState, Limits};
+use crate::api::{parse_json, RankRequest};
+use crate::buckets::Buckets;
+use crate::http::{admin_router, router, AdminState, AppState, Limits};
 use crate::registry::Registry;
 use crate::snapshot::LoadOptions;
+use crate::watch::{self, DiscoveryConfig};
+
+/// A secret string from a flag or the environment: `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself (compare it in constant time).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
 
 /// `prerank serve` configuration. Every flag has an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,9 +81,31 @@ pub struct ServeConfig {
     /// Ranking requests computing at once; beyond it requests get 503 + Retry-After.
     #[arg(long, env = "PRERANK_MAX_INFLIGHT", default_value_t = 64)]
     pub max_inflight: usize,
-    /// Seconds between scans of the model root for new versions (0 disables).
+    /// Seconds between rescans of the model root (fallback to the file watcher; 0 disables).
     #[arg(long, env = "PRERANK_POLL_SECONDS", default_value_t = 5)]
     pub poll_seconds: u64,
+    /// Do not watch the model root for changes (rely on --poll-seconds alone).
+    #[arg(long, env = "PRERANK_NO_WATCH")]
+    pub no_watch: bool,
+    /// Warm-up passes over a new snapshot before it is swapped in (0: verification only).
+    #[arg(long, env = "PRERANK_WARMUP_ROUNDS", default_value_t = 1)]
+    pub warmup_rounds: usize,
+    /// JSON file with one /v1/rank request body replayed as warm-up (default: the snapshot's golden
+    /// requests, scoring every item).
+    #[arg(long, env = "PRERANK_WARMUP_REQUEST")]
+    pub warmup_request: Option<PathBuf>,
+    /// A/B bucket config (TOML; docs/operations.md). Without it every request is bucket `default`.
+    #[arg(long, env = "PRERANK_BUCKETS")]
+    pub buckets: Option<PathBuf>,
+    /// Serve only this bucket (one container per bucket).
+    #[arg(long, env = "PRERANK_BUCKET")]
+    pub bucket: Option<String>,
+    /// Address of the admin API (off unless set; keep it on a private interface).
+    #[arg(long, env = "PRERANK_ADMIN_BIND")]
+    pub admin_bind: Option<String>,
+    /// Bearer token the admin API requires (mandatory when the admin API is on).
+    #[arg(long, env = "PRERANK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
     /// Do not ask for transparent huge pages on item files.
     #[arg(long, env = "PRERANK_NO_HUGE_PAGES")]
     pub no_huge_pages: bool,
@@ -73,6 +128,13 @@ impl ServeConfig {
             max_k: Limits::default().max_k,
             max_inflight: Limits::default().max_inflight,
             poll_seconds: 5,
+            no_watch: false,
+            warmup_rounds: 1,
+            warmup_request: None,
+            buckets: None,
+            bucket: None,
+            admin_bind: None,
+            admin_token: None,
             no_huge_pages: false,
             log_json: false,
         }
@@ -96,58 +158,125 @@ impl ServeConfig {
             golden: true,
         }
     }
-}
 
-/// Loads the newest verifying version of every model under the root (blocking).
-pub fn load_all(registry: &Registry) {
-    match registry.model_names() {
-        Ok(names) => {
-            if names.is_empty() {
-                tracing::warn!(root = %registry.root().display(), "no model directories under the model root");
-            }
-            for name in names {
-                registry.load_latest(&name);
-            }
-        }
-        Err(e) => {
-            tracing::error!(root = %registry.root().display(), error = %e, "cannot read the model root")
+    /// The bucket plan: the config file (if any), pinned to `--bucket` (if set).
+    pub fn load_buckets(&self) -> anyhow::Result<Buckets> {
+        let b = match &self.buckets {
+            Some(p) => Buckets::load(p)?,
+            None => Buckets::none(),
+        };
+        Ok(match &self.bucket {
+            Some(name) => b.pin(name)?,
+            None => b,
+        })
+    }
+
+    fn discovery(&self) -> DiscoveryConfig {
+        DiscoveryConfig {
+            watch: !self.no_watch,
+            poll: (self.poll_seconds > 0).then(|| Duration::from_secs(self.poll_seconds)),
+            debounce: Duration::from_millis(200),
         }
     }
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests and returns.
+/// Loads the newest verifying version of every model under the root (blocking).
+pub fn load_all(registry: &Registry) {
+    registry.reconcile_all();
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests and returns. Binds the admin
+/// listener itself when `config.admin_bind` is set.
 pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::new(
-        &config.model_root,
-        config.default_model.clone(),
-        config.load_options(),
-    ));
-    let state = AppState::new(Arc::clone(&registry), config.limits());
-    let loader = {
-        let registry = Arc::clone(&registry);
-        let interval = config.poll_seconds;
-        tokio::spawn(async move {
-            loop {
-                let r = Arc::clone(&registry);
-                if let Err(e) = tokio::task::spawn_blocking(move || load_all(&r)).await {
-                    tracing::error!(error = %e, "model loader task failed");
-                }
-                if interval == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(interval)).await;
-            }
-        })
+    let admin = match &config.admin_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+        ),
+        None => None,
+    };
+    run_with_admin(config, listener, admin, shutdown).await
+}
+
+/// [`run`] with an already-bound admin listener (tests bind port 0).
+pub async fn run_with_admin(
+    config: ServeConfig,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(config = ?config, "starting");
+    let token = match (&admin, &config.admin_token) {
+        (Some(_), Some(t)) if !t.expose().is_empty() => Some(t.clone()),
+        (Some(_), _) => anyhow::bail!(
+            "the admin API needs a token: set --admin-token or PRERANK_ADMIN_TOKEN"
+        ),
+        (None, _) => None,
+    };
+    let buckets = Arc::new(config.load_buckets()?);
+    let warmup_request = match &config.warmup_request {
+        Some(p) => {
+            let text = std::fs::read(p)
+                .with_context(|| format!("cannot read the warm-up request {}", p.display()))?;
+            let req: RankRequest = parse_json(&text).map_err(|e| {
+                anyhow::anyhow!("warm-up request {}: {e:?}", p.display())
+            })?;
+            Some(req)
+        }
+        None => None,
+    };
+    let registry = Arc::new(
+        Registry::new(
+            &config.model_root,
+            config.default_model.clone(),
+            config.load_options(),
+        )
+        .with_bucket_targets(buckets.targets())
+        .with_warmup(config.warmup_rounds, warmup_request),
+    );
+    let state = AppState::new(Arc::clone(&registry), config.limits()).with_buckets(Arc::clone(&buckets));
+    let discovery = watch::spawn(Arc::clone(&registry), config.discovery());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let admin_task = match (admin, token) {
+        (Some(l), Some(token)) => {
+            tracing::info!(addr = %l.local_addr()?, "admin API listening");
+            let app = admin_router(AdminState {
+                registry: Arc::clone(&registry),
+                buckets: Arc::clone(&buckets),
+                token: Arc::new(token),
+            });
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, app).with_graceful_shutdown(stop).await
+            }))
+        }
+        _ => None,
     };
     tracing::info!(addr = %listener.local_addr()?, root = %config.model_root.display(), "prerank listening");
     let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await;
-    loader.abort();
+    discovery.abort();
+    if let Some(t) = admin_task {
+        match t.await {
+            Ok(r) => r.context("admin API")?,
+            Err(e) => tracing::error!(error = %e, "admin API task failed"),
+        }
+    }
     served?;
     Ok(())
 }

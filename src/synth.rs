@@ -271,6 +271,7 @@ pub fn sample_request(
         k,
         model: None,
         with_probability: false,
+        bucket: None,
     }
 }
 

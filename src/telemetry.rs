@@ -1,6 +1,7 @@
 //! Metrics and logging set-up. Metric names are constants here, prefixed `prerank_`, with units in the
-//! name; histograms have explicit buckets from 50 us. Request metrics carry route, status, model and
-//! version labels.
+//! name; histograms have explicit buckets from 50 us. Request metrics carry route, status, model,
+//! version and bucket labels (no bucket label without a bucket config: absent equals empty). Model lifecycle metrics carry
+//! the model label.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,19 +12,34 @@ pub const REQUESTS_TOTAL: &str = "prerank_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "prerank_request_duration_seconds";
 pub const CANDIDATES_PER_REQUEST: &str = "prerank_candidates_per_request";
 pub const UNKNOWN_CANDIDATES_TOTAL: &str = "prerank_unknown_candidates_total";
+/// Version loads attempted (complete directories only; incomplete ones are retried, not counted).
+pub const MODEL_LOAD_ATTEMPTS_TOTAL: &str = "prerank_model_load_attempts_total";
+/// Version loads rejected (checksum, contents, golden checks, manifest/directory mismatch, warm-up).
+pub const MODEL_LOAD_FAILURES_TOTAL: &str = "prerank_model_load_failures_total";
+/// Time to load, verify and warm up one version (successful or not).
+pub const MODEL_LOAD_DURATION_SECONDS: &str = "prerank_model_load_duration_seconds";
+/// The version each model serves to requests that name none (0: none).
+pub const MODEL_LIVE_VERSION: &str = "prerank_model_live_version";
+/// Admin API calls, by operation and status.
+pub const ADMIN_REQUESTS_TOTAL: &str = "prerank_admin_requests_total";
 
 /// Latency buckets, seconds: 50 us .. 5 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 ];
+/// Model load buckets, seconds: 10 ms .. 10 min.
+pub const LOAD_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 pub const CANDIDATE_BUCKETS: &[f64] = &[
     10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0, 200_000.0,
 ];
 
-/// Model labels of one request (empty until a model is chosen).
+/// Labels of one request (model and version empty until a model is chosen).
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
+    pub bucket: String,
     pub model: String,
     pub version: String,
 }
@@ -45,30 +61,47 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
                         CANDIDATE_BUCKETS,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(MODEL_LOAD_DURATION_SECONDS.into()),
+                        LOAD_BUCKETS,
+                    )
+                })
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
         })
         .clone()
 }
 
+/// Request labels in exposition order. Without a bucket config the `bucket` label is left out (in
+/// Prometheus an absent label equals an empty one), so series stay as they were before buckets.
+fn label_set(labels: &Labels, head: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    let mut l = head;
+    l.push(("model", labels.model.clone()));
+    l.push(("version", labels.version.clone()));
+    if !labels.bucket.is_empty() {
+        l.push(("bucket", labels.bucket.clone()));
+    }
+    l
+}
+
 pub fn record_request(route: &'static str, status: u16, labels: &Labels, took: Duration) {
-    let l = [
-        ("route", route.to_string()),
-        ("status", status.to_string()),
-        ("model", labels.model.clone()),
-        ("version", labels.version.clone()),
-    ];
+    let l = label_set(
+        labels,
+        vec![("route", route.to_string()), ("status", status.to_string())],
+    );
     metrics::counter!(REQUESTS_TOTAL, &l).increment(1);
     metrics::histogram!(REQUEST_DURATION_SECONDS, &l).record(took.as_secs_f64());
 }
 
 pub fn record_rank(labels: &Labels, candidates: usize, unknown: usize) {
-    let l = [
-        ("model", labels.model.clone()),
-        ("version", labels.version.clone()),
-    ];
+    let l = label_set(labels, Vec::new());
     metrics::histogram!(CANDIDATES_PER_REQUEST, &l).record(candidates as f64);
     metrics::counter!(UNKNOWN_CANDIDATES_TOTAL, &l).increment(unknown as u64);
+}
+
+pub fn record_admin(op: &'static str, status: u16) {
+    metrics::counter!(ADMIN_REQUESTS_TOTAL, "op" => op, "status" => status.to_string()).increment(1);
 }
 
 /// Installs the tracing subscriber: human-readable or JSON lines, filtered by `RUST_LOG`.

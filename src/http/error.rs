@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::{ErrorBody, ErrorDetail};
+use crate::buckets::BucketError;
 use crate::model::ModelError;
-use crate::registry::RegistryError;
+use crate::registry::{LifecycleError, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -46,6 +47,24 @@ pub enum ApiError {
     Overloaded,
     #[error("no such route")]
     RouteNotFound,
+    #[error("{0}")]
+    UnknownBucket(String),
+    #[error("bucket {bucket:?} has no verified model live: {reason}")]
+    BucketUnavailable { bucket: String, reason: String },
+    #[error("version {version} of model {model:?} is not loaded")]
+    VersionUnavailable { model: String, version: u64 },
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    VersionNotFound(String),
+    #[error("{0}")]
+    VersionIncomplete(String),
+    #[error("{0}")]
+    VersionFailed(String),
+    #[error("{0}")]
+    NoPreviousVersion(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -76,6 +95,19 @@ impl ApiError {
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownBucket(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_bucket"),
+            ApiError::BucketUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "bucket_unavailable")
+            }
+            ApiError::VersionUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "version_unavailable")
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            ApiError::VersionNotFound(_) => (StatusCode::NOT_FOUND, "version_not_found"),
+            ApiError::VersionIncomplete(_) => (StatusCode::CONFLICT, "version_incomplete"),
+            ApiError::VersionFailed(_) => (StatusCode::CONFLICT, "version_failed"),
+            ApiError::NoPreviousVersion(_) => (StatusCode::CONFLICT, "no_previous_version"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -100,6 +132,34 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownModel(m) => ApiError::ModelNotFound(format!("{m:?}")),
             RegistryError::NoModel => ApiError::NoModel,
             RegistryError::AmbiguousModel(_) => ApiError::ModelRequired(e.to_string()),
+            RegistryError::VersionNotLoaded { model, version } => {
+                ApiError::VersionUnavailable { model, version }
+            }
+        }
+    }
+}
+
+impl From<BucketError> for ApiError {
+    fn from(e: BucketError) -> Self {
+        match e {
+            BucketError::Unknown(..) => ApiError::UnknownBucket(e.to_string()),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let msg = e.to_string();
+        match e {
+            LifecycleError::InvalidModelName(_) | LifecycleError::InvalidVersion(_) => {
+                ApiError::InvalidName(msg)
+            }
+            LifecycleError::UnknownModel(m) => ApiError::ModelNotFound(format!("{m:?}")),
+            LifecycleError::NoSuchVersion { .. } => ApiError::VersionNotFound(msg),
+            LifecycleError::Incomplete { .. } => ApiError::VersionIncomplete(msg),
+            LifecycleError::LoadFailed { .. } => ApiError::VersionFailed(msg),
+            LifecycleError::NoPreviousVersion(_) => ApiError::NoPreviousVersion(msg),
+            LifecycleError::Io(detail) => ApiError::Internal(detail),
         }
     }
 }
@@ -119,6 +179,8 @@ impl IntoResponse for ApiError {
         });
         if status == StatusCode::SERVICE_UNAVAILABLE {
             (status, [(header::RETRY_AFTER, "1")], body).into_response()
+        } else if status == StatusCode::UNAUTHORIZED {
+            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
         } else {
             (status, body).into_response()
         }

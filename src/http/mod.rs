@@ -5,7 +5,12 @@
 //! and scoring (CPU-bound) on the blocking pool, bounded by a semaphore: when `max_inflight` requests
 //! are already computing, a new one is refused at once with 503 + `Retry-After` instead of queueing.
 //! Every error becomes `{"error": {"code", "message"}}` through one exhaustive match in [`ApiError`].
+//!
+//! Each ranking request is routed to an A/B bucket first ([`crate::buckets`]), then takes one
+//! `Arc<Snapshot>` of that bucket's model and version for its whole life. The admin API is a separate
+//! router ([`admin_router`]) served on its own listener.
 
+mod admin;
 mod error;
 
 use std::sync::Arc;
@@ -21,10 +26,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+pub use admin::{admin_router, AdminState};
 pub use error::ApiError;
 
 use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
-use crate::registry::{Registry, VersionStatus};
+use crate::buckets::{BucketSpec, Buckets, BUCKET_HEADER};
+use crate::registry::{Registry, RegistryError, VersionStatus};
 use crate::scoring::Scratch;
 use crate::snapshot::SnapshotInfo;
 use crate::telemetry;
@@ -59,6 +66,8 @@ pub struct AppState {
     /// Permits for CPU work in flight; see the module doc.
     pub inflight: Arc<Semaphore>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The A/B bucket plan (none configured by default).
+    pub buckets: Arc<Buckets>,
 }
 
 impl AppState {
@@ -68,7 +77,14 @@ impl AppState {
             registry,
             limits,
             metrics: telemetry::prometheus_handle(),
+            buckets: Arc::new(Buckets::none()),
         }
+    }
+
+    /// The same state with a bucket plan.
+    pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> AppState {
+        self.buckets = buckets;
+        self
     }
 }
 
@@ -178,7 +194,35 @@ async fn rank_inner(
                 max: limits.max_behaviors,
             });
         }
-        let snap = state.registry.get(req.model.as_deref())?;
+        let header_bucket = match headers.get(BUCKET_HEADER) {
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::InvalidRequest(format!("{BUCKET_HEADER}: not valid ASCII"))
+            })?),
+            None => None,
+        };
+        let route = state.buckets.route(
+            req.bucket.as_deref().or(header_bucket),
+            req.model.as_deref(),
+            req.user.id.as_ref(),
+        )?;
+        if route.labelled {
+            labels.bucket = route.bucket.clone();
+        }
+        let snap = match (&route.model, route.from_plan) {
+            (Some(m), true) => state
+                .registry
+                .get_version(m, route.version)
+                .map_err(|e| match e {
+                    RegistryError::UnknownModel(_)
+                    | RegistryError::NoModel
+                    | RegistryError::AmbiguousModel(_)
+                    | RegistryError::VersionNotLoaded { .. } => ApiError::BucketUnavailable {
+                        bucket: route.bucket.clone(),
+                        reason: e.to_string(),
+                    },
+                })?,
+            (m, _) => state.registry.get(m.as_deref())?,
+        };
         labels.model = snap.info().model.clone();
         labels.version = snap.info().version.to_string();
         let permit = Arc::clone(&state.inflight)
@@ -199,6 +243,7 @@ async fn rank_inner(
         let info = snap.info();
         Ok(RankResponse {
             request_id,
+            bucket: route.bucket,
             model: info.model.clone(),
             version: info.version,
             items: ranked
@@ -226,6 +271,19 @@ async fn rank_inner(
 #[derive(Debug, Serialize)]
 struct ModelsResponse {
     models: Vec<ModelEntry>,
+    /// The bucket plan and what each bucket serves now (omitted without a bucket config).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    buckets: Vec<BucketEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct BucketEntry {
+    #[serde(flatten)]
+    spec: BucketSpec,
+    /// Whether this container serves the bucket (all, unless pinned by PRERANK_BUCKET).
+    served_here: bool,
+    /// The version live for this bucket now (`null`: not ready).
+    live_version: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -254,7 +312,22 @@ async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
         versions,
     }));
     models.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(ModelsResponse { models })
+    let pinned = state.buckets.pinned();
+    let buckets = state
+        .buckets
+        .buckets()
+        .iter()
+        .map(|b| BucketEntry {
+            spec: b.clone(),
+            served_here: pinned.is_none_or(|p| p == b.name),
+            live_version: state
+                .registry
+                .get_version(&b.model, b.version)
+                .ok()
+                .map(|s| s.info().version),
+        })
+        .collect();
+    Json(ModelsResponse { models, buckets })
 }
 
 async fn healthz() -> &'static str {
