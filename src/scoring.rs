@@ -10,9 +10,16 @@
 //! in several versions by `multiversion` (AVX2+FMA, AVX-512, baseline) with run-time dispatch, so a
 //! portable build still uses the host's widest SIMD. The two are property-tested against each other.
 //! Per-request buffers live in a [`Scratch`] that callers reuse across requests.
+//!
+//! Memory, not arithmetic, bounds this code: each candidate costs a random read in the id table and
+//! one in the item file. [`rank`] therefore works in two passes, each issuing software prefetches a
+//! fixed distance ahead so that many cache misses are in flight at once: pass 1 resolves ids to rows
+//! (prefetching the table slot of candidate `i + LOOKUP_AHEAD`), pass 2 scores the rows (prefetching
+//! every cache line of row `j + ROWS_AHEAD`).
 
 use multiversion::multiversion;
-use prerank_format::index::{lookup, IdIndex};
+use prerank_format::index::{lookup, mix64, IdIndex};
+use prerank_format::mmap::prefetch;
 use prerank_format::vectors::{ItemVectors, RowRef};
 
 /// One scored item.
@@ -38,11 +45,16 @@ pub const UNKNOWN_SAMPLE: usize = 100;
 #[derive(Debug, Default)]
 pub struct Scratch {
     scored: Vec<Scored>,
+    /// Resolved (row, item id) of the known, distinct candidates, in request order.
+    hits: Vec<(u32, u64)>,
     /// One bit per item row, to detect repeated candidates; cleared after each call.
     seen: Vec<u64>,
-    touched: Vec<u32>,
-    f16_row: Vec<f32>,
 }
+
+/// How many candidates ahead pass 1 prefetches id-table slots.
+const LOOKUP_AHEAD: usize = 16;
+/// How many rows ahead pass 2 prefetches item rows.
+const ROWS_AHEAD: usize = 8;
 
 /// Reference dot product (sequential f64 accumulation).
 pub fn dot_scalar(u: &[f32], row: RowRef<'_>) -> f32 {
@@ -68,19 +80,45 @@ pub fn dot_scalar(u: &[f32], row: RowRef<'_>) -> f32 {
     }
 }
 
-/// Fast dot product; `buf` is scratch space for f16 conversion (at least `u.len()` long).
+/// Fast dot product on the stored type (no per-row decode buffer).
 #[inline]
-pub fn dot_fast(u: &[f32], row: RowRef<'_>, buf: &mut [f32]) -> f32 {
+pub fn dot_fast(u: &[f32], row: RowRef<'_>) -> f32 {
     match row {
         RowRef::F32(v) => dot_f32(u, v),
-        RowRef::F16(v) => {
-            use half::slice::HalfFloatSliceExt;
-            let b = &mut buf[..v.len()];
-            v.convert_to_f32_slice(b);
-            dot_f32(u, b)
-        }
+        RowRef::F16(v) => dot_f16(u, bytemuck::cast_slice(v)),
         RowRef::Int8 { values, scale } => dot_i8(u, values) * scale,
     }
+}
+
+/// 2^112 as f32: rescales an f16 exponent (bias 15) placed in an f32 (bias 127).
+const F16_RESCALE: f32 = f32::from_bits((127 + 112) << 23);
+
+/// Exact f16 -> f32 for every finite f16, normal or subnormal, in a few vectorisable integer and
+/// float operations (the "magic multiply" conversion). Infinities and NaN are not handled: stored rows
+/// are checked finite at load.
+#[inline(always)]
+fn f16_bits_to_f32(h: u16) -> f32 {
+    let magnitude = f32::from_bits(u32::from(h & 0x7fff) << 13) * F16_RESCALE;
+    f32::from_bits(magnitude.to_bits() | (u32::from(h & 0x8000) << 16))
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
+fn dot_f16(a: &[f32], h: &[u16]) -> f32 {
+    let n = a.len().min(h.len());
+    let (a, h) = (&a[..n], &h[..n]);
+    let mut acc = [0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut ch = h.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut ch) {
+        for l in 0..LANES {
+            acc[l] += x[l] * f16_bits_to_f32(y[l]);
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(ch.remainder()) {
+        tail += x * f16_bits_to_f32(*y);
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 const LANES: usize = 16;
@@ -149,13 +187,19 @@ pub fn rank<V: AsRef<[u8]>, I: AsRef<[u8]>>(
         scratch.seen.resize(words, 0);
     }
     scratch.scored.clear();
-    scratch.touched.clear();
-    if scratch.f16_row.len() < u.len() {
-        scratch.f16_row.resize(u.len(), 0.0);
-    }
+    scratch.hits.clear();
+
+    // Pass 1: ids -> rows, dropping unknown and repeated ids.
     let table = index.table();
+    let table_bytes: &[u8] = bytemuck::cast_slice(table);
     let mask = index.mask();
-    for &id in candidates {
+    for (i, &id) in candidates.iter().enumerate() {
+        if let Some(&ahead) = candidates.get(i + LOOKUP_AHEAD) {
+            prefetch(
+                table_bytes,
+                (mix64(ahead) as usize & mask) * std::mem::size_of_val(&table[0]),
+            );
+        }
         let Some(row) = lookup(table, mask, id) else {
             stats.unknown += 1;
             if stats.unknown_sample.len() < UNKNOWN_SAMPLE {
@@ -169,10 +213,27 @@ pub fn rank<V: AsRef<[u8]>, I: AsRef<[u8]>>(
             continue;
         }
         scratch.seen[w] |= bit;
-        scratch.touched.push(row);
+        scratch.hits.push((row, id));
+    }
+    for &(row, _) in &scratch.hits {
+        scratch.seen[row as usize / 64] = 0;
+    }
+
+    // Pass 2: score the rows.
+    let body = vectors.body();
+    let stride = vectors.row_stride();
+    let payload = vectors.dtype().payload_bytes(vectors.dim());
+    scratch.scored.reserve(scratch.hits.len());
+    for (j, &(row, id)) in scratch.hits.iter().enumerate() {
+        if let Some(&(ahead, _)) = scratch.hits.get(j + ROWS_AHEAD) {
+            let base = ahead as usize * stride;
+            for line in (0..payload).step_by(64) {
+                prefetch(body, base + line);
+            }
+        }
         let r = vectors.row(row as usize);
         let dot = if fast {
-            dot_fast(u, r, &mut scratch.f16_row)
+            dot_fast(u, r)
         } else {
             dot_scalar(u, r)
         };
@@ -180,9 +241,6 @@ pub fn rank<V: AsRef<[u8]>, I: AsRef<[u8]>>(
             item_id: id,
             score: tau * dot,
         });
-    }
-    for &row in &scratch.touched {
-        scratch.seen[row as usize / 64] = 0;
     }
     let scored = &mut scratch.scored;
     let k = k.min(scored.len());
@@ -218,14 +276,27 @@ mod tests {
             let mut v: Vec<f32> = (0..dim * 3).map(|_| next()).collect();
             unit(&mut v, dim);
             let u: Vec<f32> = (0..dim).map(|_| next()).collect();
-            let mut buf = vec![0f32; dim];
             for dtype in [Dtype::F32, Dtype::F16, Dtype::Int8] {
                 let f = ItemVectors::parse(encode(dtype, dim, &v), "v").unwrap();
                 for i in 0..3 {
                     let a = dot_scalar(&u, f.row(i));
-                    let b = dot_fast(&u, f.row(i), &mut buf);
+                    let b = dot_fast(&u, f.row(i));
                     prop_assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()) * (dim as f32).sqrt(), "{dtype}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_conversion_is_exact_for_every_finite_value() {
+        for h in 0..=u16::MAX {
+            let x = half::f16::from_bits(h);
+            if x.is_finite() {
+                assert_eq!(
+                    f16_bits_to_f32(h).to_bits(),
+                    x.to_f32().to_bits(),
+                    "f16 bits {h:#06x}"
+                );
             }
         }
     }

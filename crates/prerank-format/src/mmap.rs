@@ -1,4 +1,4 @@
-//! Read-only memory maps: the only `unsafe` in prerank.
+//! Read-only memory maps and prefetch hints on them: the only `unsafe` in prerank.
 //!
 //! # Safety
 //!
@@ -11,6 +11,11 @@
 //! `rm -r` or a new publish never invalidates a live map. Only an in-place write or truncate of a
 //! published file, which the contract forbids, could. Everything else in the crate accesses the bytes
 //! through safe, bounds- and alignment-checked casts (`bytemuck`).
+//!
+//! [`prefetch`] issues a cache prefetch hint for a byte of a slice. A prefetch never dereferences in
+//! the language sense, never faults and has no architectural effect beyond the cache; it is `unsafe`
+//! in `core::arch` only because it is a `#[target_feature]` function. We call it only on x86_64, where
+//! the SSE feature it needs is part of the baseline target, and only with an in-bounds address.
 
 #![allow(unsafe_code)]
 
@@ -44,4 +49,23 @@ pub fn map_file(path: &Path, huge_pages: bool) -> Result<Mmap, FormatError> {
     #[cfg(not(target_os = "linux"))]
     let _ = huge_pages;
     Ok(map)
+}
+
+/// Hints the CPU to bring the cache line holding `bytes[offset]` into L1. Out-of-range offsets are
+/// ignored. A no-op on targets without a stable prefetch intrinsic.
+#[inline(always)]
+pub fn prefetch(bytes: &[u8], offset: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(b) = bytes.get(offset) {
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has (it is in the baseline target
+        // features); the pointer is derived from an in-bounds reference. Prefetching has no effect on
+        // memory contents and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (b as *const u8).cast::<i8>(),
+            )
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, offset);
 }
