@@ -140,11 +140,7 @@ struct Book {
     policy: BTreeMap<String, VersionPolicy>,
     /// Models unloaded by an operator: not loaded again until an explicit load.
     unloaded: BTreeSet<String>,
-    /// Serving versions, oldest first (bounded), for rollback.
-    history: BTreeMap<String, Vec<u64>>,
 }
-
-const HISTORY_LEN: usize = 32;
 
 /// What the admin API reports about one model.
 #[derive(Debug, Clone, Serialize)]
@@ -518,25 +514,19 @@ impl Registry {
         Ok(self.report_model(model))
     }
 
-    /// Pins `model` to the version served before the current one (else the highest loadable version
-    /// below it).
+    /// Pins `model` to the highest loadable version below the one it serves now (failed versions are
+    /// skipped). Repeated rollbacks walk further back; `unpin` returns to `latest`.
     pub fn rollback(&self, model: &str) -> Result<ModelReport, LifecycleError> {
         self.check_model(model)?;
         let _guard = self.lock_lifecycle();
         let current = self
             .live_version(model)
             .ok_or_else(|| LifecycleError::NoPreviousVersion(model.to_string()))?;
-        let on_disk = scan_versions(&self.root.join(model)).unwrap_or_default();
-        let history = self.book().history.get(model).cloned().unwrap_or_default();
-        let mut candidates: Vec<u64> = history
-            .iter()
-            .rev()
-            .copied()
-            .filter(|v| *v != current && on_disk.contains(v))
+        let candidates: Vec<u64> = scan_versions(&self.root.join(model))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| *v < current)
             .collect();
-        candidates.extend(on_disk.iter().copied().filter(|v| *v < current));
-        let mut seen = BTreeSet::new();
-        candidates.retain(|v| seen.insert(*v));
         for v in candidates {
             if matches!(self.state(model, v), Some(VersionState::Failed { .. })) {
                 continue;
@@ -865,14 +855,6 @@ impl Registry {
             Some(v) => {
                 metrics::gauge!(telemetry::MODEL_LIVE_VERSION, "model" => model.to_string())
                     .set(v as f64);
-                let mut book = self.book();
-                let h = book.history.entry(model.to_string()).or_default();
-                if h.last() != Some(&v) {
-                    h.push(v);
-                    if h.len() > HISTORY_LEN {
-                        h.remove(0);
-                    }
-                }
             }
             None => {
                 metrics::gauge!(telemetry::MODEL_LIVE_VERSION, "model" => model.to_string())
