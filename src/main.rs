@@ -253,10 +253,17 @@ fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
     let timeout = std::time::Duration::from_secs(2);
     let mut s = std::net::TcpStream::connect_timeout(&target, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
-    anyhow::ensure!(&head[9..12] == b"200", "{path} answered {}", String::from_utf8_lossy(&head[9..12]));
+    anyhow::ensure!(
+        &head[9..12] == b"200",
+        "{path} answered {}",
+        String::from_utf8_lossy(&head[9..12])
+    );
     Ok(())
 }
 

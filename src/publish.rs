@@ -55,7 +55,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 }
 
 /// Publishes `src` into `model_dir` (see the module doc); returns the new version directory.
-pub fn publish(src: &Path, model_dir: &Path, version: Option<u64>) -> Result<PathBuf, PublishError> {
+pub fn publish(
+    src: &Path,
+    model_dir: &Path,
+    version: Option<u64>,
+) -> Result<PathBuf, PublishError> {
     let opts = LoadOptions {
         huge_pages: false,
         ..LoadOptions::default()
@@ -85,12 +89,14 @@ pub fn publish(src: &Path, model_dir: &Path, version: Option<u64>) -> Result<Pat
     let version = match version {
         Some(0) => return Err(PublishError::BadVersion),
         Some(v) => v,
-        None => scan_versions(model_dir)
-            .map_err(io(model_dir))?
-            .first()
-            .copied()
-            .unwrap_or(0)
-            + 1,
+        None => {
+            scan_versions(model_dir)
+                .map_err(io(model_dir))?
+                .first()
+                .copied()
+                .unwrap_or(0)
+                + 1
+        }
     };
     let dest = model_dir.join(version.to_string());
     if dest.exists() {

@@ -395,7 +395,8 @@ impl Registry {
 
     /// Everything the admin API says about every model (on disk, tried or live).
     pub fn report(&self) -> Vec<ModelReport> {
-        let mut names: BTreeSet<String> = self.model_names().unwrap_or_default().into_iter().collect();
+        let mut names: BTreeSet<String> =
+            self.model_names().unwrap_or_default().into_iter().collect();
         names.extend(self.live.load().models.keys().cloned());
         names.extend(self.book().states.keys().cloned());
         names.iter().map(|n| self.report_model(n)).collect()
@@ -639,7 +640,13 @@ impl Registry {
                 return;
             }
         };
-        let current = self.live.load().models.get(model).cloned().unwrap_or_default();
+        let current = self
+            .live
+            .load()
+            .models
+            .get(model)
+            .cloned()
+            .unwrap_or_default();
         let mut loaded = current.versions.clone();
         let (policy, unloaded) = {
             let book = self.book();
@@ -766,7 +773,13 @@ impl Registry {
                 });
             if changed {
                 tracing::info!(model, version, %reason, "version directory incomplete; will retry");
-                self.set_state(model, version, VersionState::Incomplete { reason: reason.clone() });
+                self.set_state(
+                    model,
+                    version,
+                    VersionState::Incomplete {
+                        reason: reason.clone(),
+                    },
+                );
             }
             return Err(Attempt::Incomplete(reason));
         }

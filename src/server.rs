@@ -213,9 +213,9 @@ pub async fn run_with_admin(
     tracing::info!(config = ?config, "starting");
     let token = match (&admin, &config.admin_token) {
         (Some(_), Some(t)) if !t.expose().is_empty() => Some(t.clone()),
-        (Some(_), _) => anyhow::bail!(
-            "the admin API needs a token: set --admin-token or PRERANK_ADMIN_TOKEN"
-        ),
+        (Some(_), _) => {
+            anyhow::bail!("the admin API needs a token: set --admin-token or PRERANK_ADMIN_TOKEN")
+        }
         (None, _) => None,
     };
     let buckets = Arc::new(config.load_buckets()?);
@@ -223,9 +223,8 @@ pub async fn run_with_admin(
         Some(p) => {
             let text = std::fs::read(p)
                 .with_context(|| format!("cannot read the warm-up request {}", p.display()))?;
-            let req: RankRequest = parse_json(&text).map_err(|e| {
-                anyhow::anyhow!("warm-up request {}: {e:?}", p.display())
-            })?;
+            let req: RankRequest = parse_json(&text)
+                .map_err(|e| anyhow::anyhow!("warm-up request {}: {e:?}", p.display()))?;
             Some(req)
         }
         None => None,
@@ -239,7 +238,8 @@ pub async fn run_with_admin(
         .with_bucket_targets(buckets.targets())
         .with_warmup(config.warmup_rounds, warmup_request),
     );
-    let state = AppState::new(Arc::clone(&registry), config.limits()).with_buckets(Arc::clone(&buckets));
+    let state =
+        AppState::new(Arc::clone(&registry), config.limits()).with_buckets(Arc::clone(&buckets));
     let discovery = watch::spawn(Arc::clone(&registry), config.discovery());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -22,7 +22,10 @@ async fn admin(
     let r = req.send().await.unwrap();
     let status = r.status();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn post(c: &reqwest::Client, s: &ls::Server, path: &str) -> (StatusCode, Value) {
@@ -30,7 +33,12 @@ async fn post(c: &reqwest::Client, s: &ls::Server, path: &str) -> (StatusCode, V
 }
 
 async fn rank_version(c: &reqwest::Client, s: &ls::Server) -> (StatusCode, Value) {
-    let r = c.post(s.url("/v1/rank")).json(&ls::body(7)).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/rank"))
+        .json(&ls::body(7))
+        .send()
+        .await
+        .unwrap();
     (r.status(), r.json().await.unwrap())
 }
 
@@ -76,7 +84,14 @@ async fn rollback_pin_unpin_unload_load_with_token_only() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // List.
-    let (s, list) = admin(&c, &server, reqwest::Method::GET, "/admin/v1/models", Some(ls::TOKEN)).await;
+    let (s, list) = admin(
+        &c,
+        &server,
+        reqwest::Method::GET,
+        "/admin/v1/models",
+        Some(ls::TOKEN),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["models"][0]["name"], "m");
     assert_eq!(list["models"][0]["policy"], "latest");
@@ -86,12 +101,22 @@ async fn rollback_pin_unpin_unload_load_with_token_only() {
     // Rollback: 3 -> 2 -> 1, then nothing older.
     let (s, r) = post(&c, &server, "/admin/v1/models/m/rollback").await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!((r["policy"].as_str(), r["version"].as_u64(), r["serving"].as_u64()), (Some("pinned"), Some(2), Some(2)));
+    assert_eq!(
+        (
+            r["policy"].as_str(),
+            r["version"].as_u64(),
+            r["serving"].as_u64()
+        ),
+        (Some("pinned"), Some(2), Some(2))
+    );
     assert_eq!(rank_version(&c, &server).await.1["version"], 2);
     let (_, r) = post(&c, &server, "/admin/v1/models/m/rollback").await;
     assert_eq!(r["serving"], 1);
     let (s, r) = post(&c, &server, "/admin/v1/models/m/rollback").await;
-    assert_eq!((s, r["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("no_previous_version")));
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_previous_version"))
+    );
     assert_eq!(ls::serving(&c, &server, "m").await, Some(1));
 
     // Pinned: a newer publish is not picked up while pinned...
@@ -102,39 +127,81 @@ async fn rollback_pin_unpin_unload_load_with_token_only() {
     let (s, r) = post(&c, &server, "/admin/v1/models/m/versions/3/pin").await;
     assert_eq!((s, r["serving"].as_u64()), (StatusCode::OK, Some(3)), "{r}");
     let (s, r) = post(&c, &server, "/admin/v1/models/m/unpin").await;
-    assert_eq!((s, r["serving"].as_u64(), r["policy"].as_str()), (StatusCode::OK, Some(4), Some("latest")));
+    assert_eq!(
+        (s, r["serving"].as_u64(), r["policy"].as_str()),
+        (StatusCode::OK, Some(4), Some("latest"))
+    );
 
     // A corrupt version: pin refused with the reason, the current version keeps serving.
     let side = publish(&src, &scratch.path().join("side").join("m"), Some(5)).unwrap();
     ls::corrupt(&side.join("items.f32.vec"));
     std::fs::rename(&side, model_dir.join("5")).unwrap();
-    ls::wait_until(20, "version 5 to fail", || async { ls::state(&c, &server, "m", 5).await == "failed" }).await;
+    ls::wait_until(20, "version 5 to fail", || async {
+        ls::state(&c, &server, "m", 5).await == "failed"
+    })
+    .await;
     let (s, r) = post(&c, &server, "/admin/v1/models/m/versions/5/pin").await;
-    assert_eq!((s, r["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("version_failed")), "{r}");
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("version_failed")),
+        "{r}"
+    );
     assert!(r["error"]["message"].as_str().unwrap().contains("sha256"));
     assert_eq!(ls::serving(&c, &server, "m").await, Some(4));
     let (s, r) = post(&c, &server, "/admin/v1/models/m/versions/99/pin").await;
-    assert_eq!((s, r["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("version_not_found")));
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("version_not_found"))
+    );
 
     // Unload: not served, not ready; load brings it back (latest), load of a version pins it.
     let (s, r) = post(&c, &server, "/admin/v1/models/m/unload").await;
-    assert_eq!((s, r["unloaded"].as_bool(), r["serving"].as_u64()), (StatusCode::OK, Some(true), None));
-    assert_eq!(c.get(server.url("/readyz")).send().await.unwrap().status(), 503);
-    assert_eq!(rank_version(&c, &server).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (s, r["unloaded"].as_bool(), r["serving"].as_u64()),
+        (StatusCode::OK, Some(true), None)
+    );
+    assert_eq!(
+        c.get(server.url("/readyz")).send().await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        rank_version(&c, &server).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // a poll must not reload it
     assert_eq!(ls::serving(&c, &server, "m").await, None);
     let (s, r) = post(&c, &server, "/admin/v1/models/m/load").await;
     assert_eq!((s, r["serving"].as_u64()), (StatusCode::OK, Some(4)), "{r}");
-    assert_eq!(c.get(server.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(server.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     let (s, r) = post(&c, &server, "/admin/v1/models/m/versions/2/load").await;
-    assert_eq!((s, r["serving"].as_u64(), r["policy"].as_str()), (StatusCode::OK, Some(2), Some("pinned")));
+    assert_eq!(
+        (s, r["serving"].as_u64(), r["policy"].as_str()),
+        (StatusCode::OK, Some(2), Some("pinned"))
+    );
     assert_eq!(rank_version(&c, &server).await.1["version"], 2);
 
     // Status shows the policy; /v1/models shows per-version states.
-    let (_, one) = admin(&c, &server, reqwest::Method::GET, "/admin/v1/models/m", Some(ls::TOKEN)).await;
+    let (_, one) = admin(
+        &c,
+        &server,
+        reqwest::Method::GET,
+        "/admin/v1/models/m",
+        Some(ls::TOKEN),
+    )
+    .await;
     assert_eq!(one["version"], 2);
     assert_eq!(ls::state(&c, &server, "m", 5).await, "failed");
-    let metrics = c.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("prerank_admin_requests_total{op=\"rollback\",status=\"200\"}"));
     server.stop().await;
 }
@@ -154,15 +221,27 @@ async fn traversal_and_malformed_names_are_rejected() {
         ("/admin/v1/models/..%2Fm/rollback", "invalid_name", 400),
         ("/admin/v1/models/.hidden/load", "invalid_name", 400),
         ("/admin/v1/models/m%00/load", "invalid_name", 400),
-        ("/admin/v1/models/m/versions/..%2F1/pin", "invalid_name", 400),
+        (
+            "/admin/v1/models/m/versions/..%2F1/pin",
+            "invalid_name",
+            400,
+        ),
         ("/admin/v1/models/m/versions/01/pin", "invalid_name", 400),
         ("/admin/v1/models/m/versions/0/pin", "invalid_name", 400),
         ("/admin/v1/models/m/versions/-1/load", "invalid_name", 400),
-        ("/admin/v1/models/m/versions/18446744073709551616/pin", "invalid_name", 400),
+        (
+            "/admin/v1/models/m/versions/18446744073709551616/pin",
+            "invalid_name",
+            400,
+        ),
         ("/admin/v1/models/nope/load", "model_not_found", 404),
     ] {
         let (s, r) = post(&c, &server, path).await;
-        assert_eq!((s.as_u16(), r["error"]["code"].as_str()), (status, Some(code)), "{path}: {r}");
+        assert_eq!(
+            (s.as_u16(), r["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {r}"
+        );
     }
     // A raw `..` segment (clients normalise it; send it unnormalised by hand).
     let admin_addr = server.admin.unwrap();
@@ -180,7 +259,10 @@ async fn traversal_and_malformed_names_are_rejected() {
     })
     .await
     .unwrap();
-    assert!(resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 404"),
+        "{resp}"
+    );
     assert_eq!(ls::serving(&c, &server, "m").await, Some(1));
     server.stop().await;
 }

@@ -107,7 +107,7 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
         all.extend(seen);
     }
 
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "non-2xx responses: {failures:?}");
     assert!(all.len() > 100, "only {} responses", all.len());
     let served: BTreeSet<u64> = all.iter().map(|s| s.version).collect();
@@ -159,7 +159,10 @@ async fn a_slowly_copied_version_is_not_loaded_until_complete() {
     let staged = publish(&src, &scratch.path().join("staged").join("m"), Some(2)).unwrap();
     // A complete temp dir of an in-progress publish is never a version.
     let tmp = model_dir.join(".tmp-publish-9-1-1");
-    copy_dir(&publish(&src, &scratch.path().join("t").join("m"), Some(9)).unwrap(), &tmp);
+    copy_dir(
+        &publish(&src, &scratch.path().join("t").join("m"), Some(9)).unwrap(),
+        &tmp,
+    );
 
     let server = ls::start(root.path(), false, |_| {}).await;
     let c = ls::client();
@@ -186,14 +189,20 @@ async fn a_slowly_copied_version_is_not_loaded_until_complete() {
         for _ in 0..2 {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let st = ls::state(&c, &server, "m", 2).await;
-            assert!(st.is_empty() || st == "incomplete", "version 2 is {st:?} mid-copy");
+            assert!(
+                st.is_empty() || st == "incomplete",
+                "version 2 is {st:?} mid-copy"
+            );
             saw_incomplete |= st == "incomplete";
             assert_eq!(ls::serving(&c, &server, "m").await, Some(1));
         }
         f.write_all(&bytes[half..]).unwrap();
         drop(f);
     }
-    assert!(saw_incomplete, "the partial version was never reported incomplete");
+    assert!(
+        saw_incomplete,
+        "the partial version was never reported incomplete"
+    );
     ls::wait_serving(&c, &server, "m", 2).await;
     assert_eq!(ls::state(&c, &server, "m", 9).await, "");
     let r: serde_json::Value = c
@@ -229,7 +238,10 @@ async fn replaced_snapshot_is_unmapped_when_its_last_request_ends() {
     // Registry level: a request holding the old snapshot keeps its maps; dropping it unmaps them.
     let registry = Registry::new(root.path(), None, LoadOptions::default());
     registry.reconcile_all();
-    assert!(!ls::mappings_under(&v1).is_empty(), "version 1 is not mapped");
+    assert!(
+        !ls::mappings_under(&v1).is_empty(),
+        "version 1 is not mapped"
+    );
     let held = registry.get(None).unwrap();
     publish(&src, &model_dir, Some(2)).unwrap();
     registry.reconcile_all();
@@ -254,7 +266,12 @@ async fn replaced_snapshot_is_unmapped_when_its_last_request_ends() {
     publish(&src, &model_dir, None).unwrap();
     ls::wait_serving(&c, &server, "m", 3).await;
     for u in 0..5 {
-        let r = c.post(server.url("/v1/rank")).json(&ls::body(u)).send().await.unwrap();
+        let r = c
+            .post(server.url("/v1/rank"))
+            .json(&ls::body(u))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     ls::wait_until(10, "version 2's mappings to disappear", || async {
@@ -281,9 +298,16 @@ fn publish_command_verifies_then_renames_atomically() {
             .arg(&model_dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let printed = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(printed.trim(), model_dir.join(want.to_string()).to_string_lossy());
+        assert_eq!(
+            printed.trim(),
+            model_dir.join(want.to_string()).to_string_lossy()
+        );
         let m: serde_json::Value = serde_json::from_slice(
             &std::fs::read(model_dir.join(want.to_string()).join("manifest.json")).unwrap(),
         )

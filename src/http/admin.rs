@@ -44,10 +44,7 @@ pub fn admin_router(state: AdminState) -> Router {
             "/admin/v1/models/{model}/versions/{version}/load",
             post(load_version),
         )
-        .route(
-            "/admin/v1/models/{model}/versions/{version}/pin",
-            post(pin),
-        )
+        .route("/admin/v1/models/{model}/versions/{version}/pin", post(pin))
         .route("/admin/v1/models/{model}/unpin", post(unpin))
         .route("/admin/v1/models/{model}/rollback", post(rollback))
         .route("/admin/v1/models/{model}/unload", post(unload))
@@ -97,9 +94,7 @@ async fn operate(
     state: &AdminState,
     model: Result<String, ApiError>,
     version: Option<Result<u64, ApiError>>,
-    f: impl FnOnce(&Registry, &str, Option<u64>) -> Result<ModelReport, LifecycleError>
-        + Send
-        + 'static,
+    f: impl FnOnce(&Registry, &str, Option<u64>) -> Result<ModelReport, LifecycleError> + Send + 'static,
 ) -> Response {
     let result = async {
         let model = model?;
@@ -180,17 +175,24 @@ async fn pin(
     State(state): State<AdminState>,
     Path((model, v)): Path<(String, String)>,
 ) -> Response {
-    operate("pin", &state, model_name(&model), Some(version(&v)), |r, m, v| {
-        match v {
+    operate(
+        "pin",
+        &state,
+        model_name(&model),
+        Some(version(&v)),
+        |r, m, v| match v {
             Some(v) => r.pin(m, v),
             None => Err(LifecycleError::InvalidVersion(String::new())),
-        }
-    })
+        },
+    )
     .await
 }
 
 async fn unpin(State(state): State<AdminState>, Path(model): Path<String>) -> Response {
-    operate("unpin", &state, model_name(&model), None, |r, m, _| r.unpin(m)).await
+    operate("unpin", &state, model_name(&model), None, |r, m, _| {
+        r.unpin(m)
+    })
+    .await
 }
 
 async fn rollback(State(state): State<AdminState>, Path(model): Path<String>) -> Response {
@@ -201,7 +203,10 @@ async fn rollback(State(state): State<AdminState>, Path(model): Path<String>) ->
 }
 
 async fn unload(State(state): State<AdminState>, Path(model): Path<String>) -> Response {
-    operate("unload", &state, model_name(&model), None, |r, m, _| r.unload(m)).await
+    operate("unload", &state, model_name(&model), None, |r, m, _| {
+        r.unload(m)
+    })
+    .await
 }
 
 #[derive(Debug, Serialize)]

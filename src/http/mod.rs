@@ -209,18 +209,20 @@ async fn rank_inner(
             labels.bucket = route.bucket.clone();
         }
         let snap = match (&route.model, route.from_plan) {
-            (Some(m), true) => state
-                .registry
-                .get_version(m, route.version)
-                .map_err(|e| match e {
-                    RegistryError::UnknownModel(_)
-                    | RegistryError::NoModel
-                    | RegistryError::AmbiguousModel(_)
-                    | RegistryError::VersionNotLoaded { .. } => ApiError::BucketUnavailable {
-                        bucket: route.bucket.clone(),
-                        reason: e.to_string(),
-                    },
-                })?,
+            (Some(m), true) => {
+                state
+                    .registry
+                    .get_version(m, route.version)
+                    .map_err(|e| match e {
+                        RegistryError::UnknownModel(_)
+                        | RegistryError::NoModel
+                        | RegistryError::AmbiguousModel(_)
+                        | RegistryError::VersionNotLoaded { .. } => ApiError::BucketUnavailable {
+                            bucket: route.bucket.clone(),
+                            reason: e.to_string(),
+                        },
+                    })?
+            }
             (m, _) => state.registry.get(m.as_deref())?,
         };
         labels.model = snap.info().model.clone();

@@ -163,9 +163,11 @@ pub async fn state(c: &reqwest::Client, s: &Server, model: &str, version: u64) -
 
 /// Waits until `model` serves `version`.
 pub async fn wait_serving(c: &reqwest::Client, s: &Server, model: &str, version: u64) {
-    wait_until(30, &format!("{model} to serve version {version}"), || async {
-        serving(c, s, model).await == Some(version)
-    })
+    wait_until(
+        30,
+        &format!("{model} to serve version {version}"),
+        || async { serving(c, s, model).await == Some(version) },
+    )
     .await;
 }
 
