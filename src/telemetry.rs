@@ -101,7 +101,8 @@ pub fn record_rank(labels: &Labels, candidates: usize, unknown: usize) {
 }
 
 pub fn record_admin(op: &'static str, status: u16) {
-    metrics::counter!(ADMIN_REQUESTS_TOTAL, "op" => op, "status" => status.to_string()).increment(1);
+    metrics::counter!(ADMIN_REQUESTS_TOTAL, "op" => op, "status" => status.to_string())
+        .increment(1);
 }
 
 /// Installs the tracing subscriber: human-readable or JSON lines, filtered by `RUST_LOG`.
