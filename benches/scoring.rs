@@ -2,6 +2,10 @@
 //! top-k, k = 1000) for N = 10^4 and 10^5 candidates and each stored dtype over a synthetic corpus,
 //! and the user tower forward pass with a 50-behaviour sequence.
 //!
+//! Each scoring benchmark has a `read_floor` twin: the same two passes over the same candidates with
+//! the same prefetching (id lookup, then every cache line of every row read), but no dot product and
+//! no top-k, so `score / read_floor` is the kernel's overhead over the memory access it cannot avoid.
+//!
 //! The corpus is generated once into `target/bench-snapshots/` (not in git). Size it with
 //! `PRERANK_BENCH_ITEMS` (default 1,000,000). Run: `cargo bench --bench scoring`.
 //! Timings are reported in docs/benchmarks.md; nothing here asserts a time.
@@ -13,6 +17,9 @@ use prerank::model::UserInput;
 use prerank::scoring::{rank, Scratch};
 use prerank::snapshot::{LoadOptions, Snapshot};
 use prerank::synth::{generate, sample_request, SynthConfig};
+use prerank_format::index::{lookup, mix64, IdIndex};
+use prerank_format::mmap::prefetch;
+use prerank_format::vectors::ItemVectors;
 use prerank_format::Dtype;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -42,6 +49,44 @@ fn corpus() -> PathBuf {
         generate(&dir, &cfg).expect("generate benchmark corpus");
     }
     dir
+}
+
+/// Touches exactly the bytes `rank` must read (table slots, then each row's cache lines), with the same
+/// prefetch distances, and nothing else.
+fn read_floor(
+    vectors: &ItemVectors<memmap2::Mmap>,
+    index: &IdIndex<memmap2::Mmap>,
+    cands: &[u64],
+    rows: &mut Vec<u32>,
+) -> u64 {
+    let table = index.table();
+    let table_bytes: &[u8] = bytemuck::cast_slice(table);
+    let mask = index.mask();
+    rows.clear();
+    for (i, &id) in cands.iter().enumerate() {
+        if let Some(&ahead) = cands.get(i + 16) {
+            prefetch(table_bytes, (mix64(ahead) as usize & mask) * 16);
+        }
+        if let Some(r) = lookup(table, mask, id) {
+            rows.push(r);
+        }
+    }
+    let body = vectors.body();
+    let stride = vectors.row_stride();
+    let payload = vectors.dtype().payload_bytes(vectors.dim());
+    let mut acc = 0u64;
+    for (j, &row) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(j + 8) {
+            for line in (0..payload).step_by(64) {
+                prefetch(body, ahead as usize * stride + line);
+            }
+        }
+        let base = row as usize * stride;
+        for line in (0..payload).step_by(64) {
+            acc = acc.wrapping_add(u64::from(body[base + line]));
+        }
+    }
+    acc
 }
 
 fn benches(c: &mut Criterion) {
@@ -102,6 +147,12 @@ fn benches(c: &mut Criterion) {
                         )
                     })
                 },
+            );
+            let mut rows = Vec::new();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}_read_floor", dtype.name()), n),
+                &candidates,
+                |b, cands| b.iter(|| read_floor(vectors, &files.index, cands, &mut rows)),
             );
         }
     }
