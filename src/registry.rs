@@ -810,7 +810,7 @@ impl Registry {
                     items = snap.info().item_count,
                     dtype = %snap.info().dtype,
                     load_ms = snap.info().load_ms,
-                    warm_ms = started.elapsed().as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
                     "snapshot loaded and verified"
                 );
                 Ok(Arc::new(snap))
