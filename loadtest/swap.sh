@@ -171,10 +171,20 @@ print(f"{'phase':<8} {'requests':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'
       f"{'max ms':>8} {'non-2xx':>7} {'errors':>7}")
 nb, eb = row("before", before)
 nd, ed = row("during", during)
-swaps = sum(1 for l in open(log) if "serving version swapped" in l)
-rejected = sum(1 for l in open(log) if "snapshot rejected" in l)
+def events(msg):
+    out = []
+    for line in open(log):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("fields", {}).get("message") == msg:
+            out.append(e["fields"])
+    return out
+swaps = sum(1 for f in events("serving version swapped") if f.get("from") != "None")
+rejected = len(events("snapshot rejected; the current version keeps serving"))
 print()
-print(f"swaps logged by the server: {swaps}; rejected versions: {rejected}; "
+print(f"swaps done by the server under load: {swaps}; rejected versions: {rejected}; "
       f"serving version at the end: {served} (expected {last})")
 p99b = before["latencyPercentiles"]["p99"]; p99d = during["latencyPercentiles"]["p99"]
 if p99b:
