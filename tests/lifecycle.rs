@@ -20,12 +20,15 @@ struct Seen {
     version: u64,
 }
 
+/// Its own model name: metrics are process-wide and the tests of this file run in parallel.
+const MODEL: &str = "swapped";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
     let scratch = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let model_dir = root.path().join("m");
-    let src = ls::source(scratch.path(), "m", 21);
+    let model_dir = root.path().join(MODEL);
+    let src = ls::source(scratch.path(), MODEL, 21);
     let ids = ls::item_ids(&src);
     publish(&src, &model_dir, Some(1)).unwrap();
 
@@ -73,7 +76,7 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
     for v in 2..=11u64 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         if v == CORRUPT {
-            let side = scratch.path().join("side").join("m");
+            let side = scratch.path().join("side").join(MODEL);
             let (s, d) = (src.clone(), side.clone());
             let bad = tokio::task::spawn_blocking(move || publish(&s, &d, Some(v)).unwrap())
                 .await
@@ -81,7 +84,7 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
             ls::corrupt(&bad.join("items.f32.vec"));
             std::fs::rename(&bad, model_dir.join(v.to_string())).unwrap();
             ls::wait_until(30, "the corrupt version to be rejected", || async {
-                ls::state(&c, &server, "m", v).await == "failed"
+                ls::state(&c, &server, MODEL, v).await == "failed"
             })
             .await;
             continue;
@@ -90,7 +93,7 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
         tokio::task::spawn_blocking(move || publish(&s, &d, Some(v)).unwrap())
             .await
             .unwrap();
-        ls::wait_serving(&c, &server, "m", v).await;
+        ls::wait_serving(&c, &server, MODEL, v).await;
         live_from.push((v, Instant::now()));
         good.insert(v);
     }
@@ -127,7 +130,7 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
             s.version
         );
     }
-    let status = ls::state(&c, &server, "m", CORRUPT).await;
+    let status = ls::state(&c, &server, MODEL, CORRUPT).await;
     assert_eq!(status, "failed");
 
     let metrics = c
@@ -141,10 +144,10 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("prerank_model_load_failures_total{model=\"m\"}")),
+            .any(|l| l.starts_with("prerank_model_load_failures_total{model=\"swapped\"}")),
         "{metrics}"
     );
-    assert!(metrics.contains("prerank_model_live_version{model=\"m\"} 11"));
+    assert!(metrics.contains("prerank_model_live_version{model=\"swapped\"} 11"));
     server.stop().await;
 }
 
@@ -354,4 +357,31 @@ fn publish_command_verifies_then_renames_atomically() {
     let mut left = left;
     left.sort();
     assert_eq!(left, vec!["1".to_string(), "2".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_alone_and_polling_alone_each_discover_new_versions() {
+    let scratch = tempfile::tempdir().unwrap();
+    let src = ls::source(scratch.path(), "m", 25);
+    let c = ls::client();
+    for (watch, poll) in [(true, 0u64), (false, 1u64)] {
+        let root = tempfile::tempdir().unwrap();
+        let model_dir = root.path().join("m");
+        publish(&src, &model_dir, Some(1)).unwrap();
+        let server = ls::start(root.path(), false, |cfg| {
+            cfg.no_watch = !watch;
+            cfg.poll_seconds = poll;
+        })
+        .await;
+        ls::wait_serving(&c, &server, "m", 1).await;
+        publish(&src, &model_dir, None).unwrap();
+        let t = Instant::now();
+        ls::wait_serving(&c, &server, "m", 2).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "watch={watch} poll={poll}: took {:?}",
+            t.elapsed()
+        );
+        server.stop().await;
+    }
 }
