@@ -292,29 +292,33 @@ impl Registry {
     // ---- request path -------------------------------------------------------------------------
 
     /// The snapshot a request should use: the named model, or the default one, at its serving version.
+    /// Lock-free and allocation-free on success (the request path).
     pub fn get(&self, model: Option<&str>) -> Result<Arc<Snapshot>, RegistryError> {
         let live = self.live.load();
-        let serving: BTreeMap<&str, &Arc<Snapshot>> = live
-            .models
-            .iter()
-            .filter_map(|(n, m)| m.serving_snapshot().map(|s| (n.as_str(), s)))
-            .collect();
         let name = match (model, &self.default_model) {
             (Some(m), _) => m,
             (None, Some(d)) => d.as_str(),
-            (None, None) => match serving.len() {
-                0 => return Err(RegistryError::NoModel),
-                1 => serving.keys().next().copied().unwrap_or_default(),
-                _ => {
-                    return Err(RegistryError::AmbiguousModel(
-                        serving.keys().copied().collect::<Vec<_>>().join(", "),
-                    ))
-                }
-            },
+            (None, None) => {
+                let mut serving = live.models.values().filter_map(LiveModel::serving_snapshot);
+                return match (serving.next(), serving.next()) {
+                    (Some(only), None) => Ok(Arc::clone(only)),
+                    (None, _) => Err(RegistryError::NoModel),
+                    (Some(_), Some(_)) => Err(RegistryError::AmbiguousModel(
+                        live.models
+                            .iter()
+                            .filter(|(_, m)| m.serving_snapshot().is_some())
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )),
+                };
+            }
         };
-        match serving.get(name) {
+        match live.models.get(name).and_then(LiveModel::serving_snapshot) {
             Some(s) => Ok(Arc::clone(s)),
-            None if serving.is_empty() => Err(RegistryError::NoModel),
+            None if live.models.values().all(|m| m.serving.is_none()) => {
+                Err(RegistryError::NoModel)
+            }
             None => Err(RegistryError::UnknownModel(name.to_string())),
         }
     }
