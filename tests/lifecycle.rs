@@ -385,3 +385,57 @@ async fn the_watcher_alone_and_polling_alone_each_discover_new_versions() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_warmup_request_runs_before_the_swap_and_can_reject_a_version() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let src = ls::source(scratch.path(), "m", 26);
+    publish(&src, &root.path().join("m"), Some(1)).unwrap();
+    let good = scratch.path().join("warmup.json");
+    std::fs::write(&good, ls::body_with(7, &ls::item_ids(&src)).to_string()).unwrap();
+    let bad = scratch.path().join("bad-warmup.json");
+    std::fs::write(
+        &bad,
+        r#"{"user": {"features": {"age": "old"}}, "candidates": [1], "k": 1}"#,
+    )
+    .unwrap();
+    let c = ls::client();
+
+    let server = ls::start(root.path(), false, |cfg| {
+        cfg.warmup_request = Some(good.clone());
+        cfg.warmup_rounds = 3;
+    })
+    .await;
+    ls::wait_serving(&c, &server, "m", 1).await;
+    server.stop().await;
+
+    // A warm-up that fails is a failed load: the version is never served.
+    let server = ls::start(root.path(), false, |cfg| {
+        cfg.warmup_request = Some(bad.clone())
+    })
+    .await;
+    ls::wait_until(20, "version 1 to fail its warm-up", || async {
+        ls::state(&c, &server, "m", 1).await == "failed"
+    })
+    .await;
+    let m = ls::models(&c, &server).await;
+    assert!(
+        m["models"][0]["versions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("warm-up request failed"),
+        "{m}"
+    );
+    assert_eq!(
+        c.get(server.url("/readyz")).send().await.unwrap().status(),
+        503
+    );
+    server.stop().await;
+
+    // An unreadable warm-up request is a start-up error.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = prerank::server::ServeConfig::with_root(root.path().to_path_buf());
+    cfg.warmup_request = Some(scratch.path().join("missing.json"));
+    assert!(prerank::server::run(cfg, listener, async {}).await.is_err());
+}
