@@ -20,6 +20,9 @@
 //! - Loading, verification and warm-up happen on the calling (blocking) thread, never on the request
 //!   path; all lifecycle changes are serialised by one lock, so a poll, a watcher event and an admin
 //!   call never load the same version twice at once.
+//! - A replaced snapshot is parked until no request holds it and then dropped by [`Registry::reap`]
+//!   on a lifecycle thread (the discovery loop calls it a few times a second), so the munmap of a
+//!   large snapshot never lands on a request's latency.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -166,6 +169,9 @@ pub struct Registry {
     book: Mutex<Book>,
     /// Serialises every load / swap / unload (held on blocking threads only).
     lifecycle: Mutex<()>,
+    /// Replaced snapshots waiting for their last request. [`Registry::reap`] drops them on a
+    /// lifecycle thread once nothing else holds them, so no request pays for the munmap.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
     default_model: Option<String>,
     load_options: LoadOptions,
     /// (model, pinned version) each configured bucket needs live; empty without buckets.
@@ -245,6 +251,7 @@ impl Registry {
             live: ArcSwap::from_pointee(Live::default()),
             book: Mutex::new(Book::default()),
             lifecycle: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
             default_model,
             load_options,
             bucket_targets: Vec::new(),
@@ -558,11 +565,14 @@ impl Registry {
         let lm = next.models.entry(model.clone()).or_default();
         let old = lm.serving.replace(version);
         lm.versions.insert(version, Arc::new(snap));
+        let outgoing = old
+            .filter(|o| *o != version)
+            .and_then(|o| lm.versions.remove(&o));
         if let Some(o) = old.filter(|o| *o != version) {
-            lm.versions.remove(&o);
             self.set_state(&model, o, VersionState::NotLoaded);
         }
         self.live.store(Arc::new(next));
+        self.retire(outgoing.into_iter().collect());
         self.set_state(&model, version, VersionState::Available);
         self.note_serving(&model, Some(version));
     }
@@ -742,6 +752,19 @@ impl Registry {
         if before == after && current.serving == serving && live_now == before {
             return;
         }
+        let outgoing: Vec<Arc<Snapshot>> = self
+            .live
+            .load()
+            .models
+            .get(model)
+            .map(|m| {
+                m.versions
+                    .iter()
+                    .filter(|(v, _)| !after.contains(v))
+                    .map(|(_, s)| Arc::clone(s))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut next = Live::clone(&self.live.load());
         if loaded.is_empty() {
             next.models.remove(model);
@@ -755,6 +778,7 @@ impl Registry {
             );
         }
         self.live.store(Arc::new(next));
+        self.retire(outgoing);
         for v in live_now.iter().filter(|v| !after.contains(v)) {
             self.set_state(model, *v, VersionState::NotLoaded);
         }
@@ -765,6 +789,38 @@ impl Registry {
             tracing::info!(model, from = ?current.serving, to = ?serving, "serving version swapped");
         }
         self.note_serving(model, serving);
+    }
+
+    fn retire(&self, outgoing: Vec<Arc<Snapshot>>) {
+        if !outgoing.is_empty() {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(outgoing);
+            self.reap();
+        }
+    }
+
+    /// Drops (and so unmaps) every replaced snapshot no request holds any more; returns how many are
+    /// still held. Blocking (munmap): call from a lifecycle thread, never from a request.
+    pub fn reap(&self) -> usize {
+        let done: Vec<Arc<Snapshot>> = {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let (done, held): (Vec<_>, Vec<_>) =
+                retired.drain(..).partition(|s| Arc::strong_count(s) == 1);
+            *retired = held;
+            done
+        };
+        for s in done {
+            tracing::info!(model = %s.info().model, version = s.info().version, "replaced snapshot released");
+            drop(s);
+        }
+        self.retired_count()
+    }
+
+    /// Replaced snapshots still held by in-flight requests.
+    pub fn retired_count(&self) -> usize {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Checks completeness, then loads, verifies and warms one version up (not installed).

@@ -4,8 +4,9 @@
 //!
 //! Every event (debounced) and every poll tick runs [`Registry::reconcile_all`] on the blocking pool;
 //! the registry decides what is complete, what to load and what to swap, so a burst of events during a
-//! slow copy costs a few `stat` calls, never a half-loaded version. The task owns the watcher and ends
-//! when aborted.
+//! slow copy costs a few `stat` calls, never a half-loaded version. The same task releases replaced
+//! snapshots once their last request is done ([`Registry::reap`], off the request path). The task owns
+//! the watcher and ends when aborted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,39 +28,50 @@ pub struct DiscoveryConfig {
     pub debounce: Duration,
 }
 
+/// How often replaced snapshots are checked for release (see [`Registry::reap`]).
+const REAP_EVERY: Duration = Duration::from_millis(250);
+
 /// Loads every model now, then keeps the registry in step with the repository until aborted.
 pub fn spawn(registry: Arc<Registry>, cfg: DiscoveryConfig) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         // Created before the first scan, so a version published during it is not missed.
-        let _watcher = if cfg.watch {
+        let watcher = if cfg.watch {
             start_watcher(&registry, tx)
         } else {
             None
         };
-        let watching = _watcher.is_some();
+        let watching = watcher.is_some();
         reconcile(&registry).await;
-        if !watching && cfg.poll.is_none() {
-            return;
-        }
+        let mut reap = tokio::time::interval(REAP_EVERY);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut next_poll = cfg.poll.map(|p| tokio::time::Instant::now() + p);
         loop {
-            let tick = async {
-                match cfg.poll {
-                    Some(p) => tokio::time::sleep(p).await,
+            let poll_due = async {
+                match next_poll {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 got = rx.recv(), if watching => {
-                    if got.is_none() {
-                        continue;
+                    if got.is_some() {
+                        tokio::time::sleep(cfg.debounce).await;
+                        while rx.try_recv().is_ok() {}
+                        reconcile(&registry).await;
                     }
-                    tokio::time::sleep(cfg.debounce).await;
-                    while rx.try_recv().is_ok() {}
                 }
-                () = tick => {}
+                () = poll_due => {
+                    next_poll = cfg.poll.map(|p| tokio::time::Instant::now() + p);
+                    reconcile(&registry).await;
+                }
+                _ = reap.tick() => {
+                    if registry.retired_count() > 0 {
+                        let r = Arc::clone(&registry);
+                        let _ = tokio::task::spawn_blocking(move || r.reap()).await;
+                    }
+                }
             }
-            reconcile(&registry).await;
         }
     })
 }

@@ -238,7 +238,8 @@ async fn replaced_snapshot_is_unmapped_when_its_last_request_ends() {
     publish(&src, &model_dir, Some(1)).unwrap();
     let v1 = model_dir.join("1");
 
-    // Registry level: a request holding the old snapshot keeps its maps; dropping it unmaps them.
+    // Registry level: a request holding the old snapshot keeps its maps; once it is dropped, the
+    // lifecycle thread's reap unmaps them.
     let registry = Registry::new(root.path(), None, LoadOptions::default());
     registry.reconcile_all();
     assert!(
@@ -254,7 +255,11 @@ async fn replaced_snapshot_is_unmapped_when_its_last_request_ends() {
         "version 1 was unmapped while a request still held it"
     );
     assert_eq!(held.info().version, 1);
+    assert_eq!(registry.retired_count(), 1);
     drop(held);
+    // The request does not pay for the munmap: the lifecycle thread's reap does.
+    assert!(!ls::mappings_under(&v1).is_empty());
+    assert_eq!(registry.reap(), 0);
     assert_eq!(ls::mappings_under(&v1), Vec::<String>::new());
     let v2 = model_dir.join("2");
     assert!(!ls::mappings_under(&v2).is_empty());
