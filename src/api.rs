@@ -33,17 +33,62 @@ pub struct RankRequest {
 }
 
 /// The user: id, profile features and behaviour sequence (most recent first).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Deserialised by hand (see the `Deserialize` impl below) so that only a JSON object is accepted:
+/// serde's derived impl would also take an array as a struct (`"user": []`), silently an empty user.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct UserJson {
     /// Value of the `user_id` feature (string or integer).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<serde_json::Value>,
     /// Profile features by name; names the model does not use are ignored and reported.
     #[serde(default)]
     pub features: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub behaviors: Vec<BehaviorJson>,
+}
+
+impl<'de> Deserialize<'de> for UserJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UserJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a user object with optional `id`, `features` and `behaviors`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UserJson, A::Error> {
+                use serde::de::Error;
+                let mut user = UserJson::default();
+                let mut seen = [false; 3];
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "id" => 0,
+                        "features" => 1,
+                        "behaviors" => 2,
+                        other => {
+                            return Err(A::Error::unknown_field(
+                                other,
+                                &["id", "features", "behaviors"],
+                            ))
+                        }
+                    };
+                    if std::mem::replace(&mut seen[slot], true) {
+                        return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    match slot {
+                        0 => user.id = map.next_value()?,
+                        1 => user.features = map.next_value()?,
+                        _ => user.behaviors = map.next_value()?,
+                    }
+                }
+                Ok(user)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// One behaviour: the item and the per-behaviour extras (`action`, `seconds_ago`, `dwell_seconds`, ...),
@@ -116,7 +161,18 @@ pub enum ParseError {
 }
 
 /// Parses a JSON request body, keeping the path of the first offending field.
+///
+/// Request bodies are JSON objects: a body that is a well-formed JSON value of another kind (array,
+/// string, number, literal) is a shape error (422) even where serde would accept an array for a struct.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if let Some(b) = first {
+        if matches!(b, b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') {
+            return Err(ParseError::Shape(
+                "the request body must be a JSON object".to_string(),
+            ));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
