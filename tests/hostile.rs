@@ -38,6 +38,9 @@ async fn send(
     )
 }
 
+/// (name, content type, body, expected status, expected code or "" for any code)
+type Case<'a> = (String, Option<&'a str>, Vec<u8>, u16, &'a str);
+
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
@@ -63,8 +66,7 @@ async fn fifty_plus_hostile_requests_get_clear_4xx_and_the_server_keeps_serving(
     let feature = |v: &str| user(&format!("{{\"features\": {{\"age\": {v}}}}}"));
     let j = "application/json";
 
-    // (name, content type, body, expected status, expected code or "" for any code)
-    let mut cases: Vec<(String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let mut cases: Vec<Case> = vec![
         ("empty body".into(), Some(j), vec![], 400, "malformed_json"),
         (
             "whitespace".into(),
