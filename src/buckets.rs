@@ -57,6 +57,7 @@ pub enum BucketConfigError {
 /// A request's bucket choice that cannot be honoured.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BucketError {
+    /// The requested name (at most 64 characters of it) and the buckets this container serves.
     #[error("bucket: {0:?} is not a configured bucket (configured: {1})")]
     Unknown(String, String),
 }
@@ -315,16 +316,17 @@ impl Buckets {
     ) -> Result<Route, BucketError> {
         let labelled = self.configured();
         if let Some(name) = override_bucket {
+            let shown = || name.chars().take(64).collect::<String>();
             if self.buckets.is_empty() {
                 let own = self.pinned.as_deref().unwrap_or(DEFAULT_BUCKET);
                 if name != own {
-                    return Err(BucketError::Unknown(name.to_string(), own.to_string()));
+                    return Err(BucketError::Unknown(shown(), own.to_string()));
                 }
             } else {
                 let served: Vec<&BucketSpec> = self.served().collect();
                 let Some(b) = served.iter().find(|b| b.name == name) else {
                     let names: Vec<&str> = served.iter().map(|b| b.name.as_str()).collect();
-                    return Err(BucketError::Unknown(name.to_string(), names.join(", ")));
+                    return Err(BucketError::Unknown(shown(), names.join(", ")));
                 };
                 return Ok(self.route_to(b));
             }
@@ -408,5 +410,47 @@ share = 0.5
         // formula): changing the hash would silently move users between buckets.
         let p = assignment_point("exp-2026-11", b"42");
         assert_eq!(format!("{p:.12}"), "0.622284958781");
+    }
+
+    #[test]
+    fn routes_without_config_with_pin_and_with_model() {
+        let none = Buckets::none();
+        let r = none.route(None, None, None).unwrap();
+        assert_eq!(
+            (r.bucket.as_str(), r.labelled, r.model),
+            ("default", false, None)
+        );
+        assert!(none.route(Some("x"), None, None).is_err());
+        assert!(none.route(Some("default"), None, None).is_ok());
+
+        let label = Buckets::none().pin("blue").unwrap();
+        let r = label.route(None, Some("m"), None).unwrap();
+        assert_eq!(
+            (r.bucket.as_str(), r.labelled, r.model.as_deref()),
+            ("blue", true, Some("m"))
+        );
+
+        let b = Buckets::from_toml(TWO).unwrap();
+        let r = b
+            .route(None, Some("other"), Some(&serde_json::json!(1)))
+            .unwrap();
+        assert_eq!((r.bucket.as_str(), r.from_plan), ("none", false));
+        let r = b.route(Some("pfd"), Some("other"), None).unwrap();
+        assert_eq!(
+            (r.model.as_deref(), r.version),
+            (Some("pfd-student"), Some(3))
+        );
+        let long = "x".repeat(10_000);
+        let err = b.route(Some(&long), None, None).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+        let pinned = Buckets::from_toml(TWO).unwrap().pin("control").unwrap();
+        for u in 0..50 {
+            let r = pinned
+                .route(None, None, Some(&serde_json::json!(u)))
+                .unwrap();
+            assert_eq!(r.bucket, "control");
+        }
+        assert!(pinned.route(Some("pfd"), None, None).is_err());
+        assert_eq!(pinned.targets(), vec![("baseline".to_string(), None)]);
     }
 }
