@@ -18,38 +18,11 @@ use tokio::net::TcpListener;
 
 use crate::api::{parse_json, RankRequest};
 use crate::buckets::Buckets;
+pub use crate::http::Secret;
 use crate::http::{admin_router, router, AdminState, AppState, Limits};
 use crate::registry::Registry;
 use crate::snapshot::LoadOptions;
 use crate::watch::{self, DiscoveryConfig};
-
-/// A secret string from a flag or the environment: `Debug` prints `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself (compare it in constant time).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 /// `prerank serve` configuration. Every flag has an environment variable.
 #[derive(Debug, Clone, clap::Args)]

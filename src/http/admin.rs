@@ -22,8 +22,35 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::buckets::{BucketSpec, Buckets};
 use crate::registry::{parse_version, LifecycleError, ModelReport, Registry};
-use crate::server::Secret;
 use crate::telemetry;
+
+/// A secret string from a flag or the environment: `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself (compare it in constant time).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
 
 /// What admin handlers share.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use admin::{admin_router, AdminState};
+pub use admin::{admin_router, AdminState, Secret};
 pub use error::ApiError;
 
 use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
