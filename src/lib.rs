@@ -17,9 +17,10 @@
 //!   and the live snapshots behind one `ArcSwap`; status per version; lifecycle operations.
 //! - [`publish`]: `prerank publish`: verify, copy to a temp directory, fsync, atomic rename.
 //! - [`watch`]: discovery of new versions (file watcher + polling fallback; tokio).
-//! - [`server`]: configuration, [`server::run`] (ranking listener and optional admin listener).
 //! - [`http`]: the axum routers (ranking API and admin API), handlers and the error -> status mapping.
-//! - [`telemetry`]: metric names, Prometheus recorder, logging set-up.
+//! - [`server`]: configuration, [`server::run`] (ranking listener and optional admin listener).
+//! - [`telemetry`]: metric names (recorded from any layer through the `metrics` facade), the
+//!   Prometheus recorder, logging set-up.
 //! - [`synth`]: deterministic synthetic snapshots (tests, benchmarks, placeholder model).
 //!
 //! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`.
