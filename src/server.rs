@@ -27,7 +27,7 @@ use crate::watch::{self, DiscoveryConfig};
 /// `prerank serve` configuration. Every flag has an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// Model repository root, laid out as <root>/<model>/<version>/.
+    /// Model repository root, laid out as ROOT/MODEL/VERSION/.
     #[arg(long, env = "PRERANK_MODEL_ROOT", default_value = "models")]
     pub model_root: PathBuf,
     /// Address to listen on.
