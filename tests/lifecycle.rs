@@ -132,6 +132,12 @@ async fn swap_under_load_ten_publishes_one_corrupt_zero_errors() {
     }
     let status = ls::state(&c, &server, MODEL, CORRUPT).await;
     assert_eq!(status, "failed");
+    // No leak across the ten reloads: only the live version stays mapped.
+    ls::wait_until(10, "only version 11 to stay mapped", || async {
+        let maps = ls::mappings_under(&model_dir);
+        !maps.is_empty() && maps.iter().all(|l| l.contains(&format!("{MODEL}/11/")))
+    })
+    .await;
 
     let metrics = c
         .get(server.url("/metrics"))
