@@ -79,6 +79,10 @@ pub struct ServeConfig {
     /// Bearer token the admin API requires (mandatory when the admin API is on).
     #[arg(long, env = "PRERANK_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// File holding the admin token (e.g. a mounted Kubernetes secret); surrounding whitespace is
+    /// ignored. Exclusive with --admin-token.
+    #[arg(long, env = "PRERANK_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Do not ask for transparent huge pages on item files.
     #[arg(long, env = "PRERANK_NO_HUGE_PAGES")]
     pub no_huge_pages: bool,
@@ -108,6 +112,7 @@ impl ServeConfig {
             bucket: None,
             admin_bind: None,
             admin_token: None,
+            admin_token_file: None,
             no_huge_pages: false,
             log_json: false,
         }
@@ -184,11 +189,24 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
-    let token = match (&admin, &config.admin_token) {
-        (Some(_), Some(t)) if !t.expose().is_empty() => Some(t.clone()),
-        (Some(_), _) => {
-            anyhow::bail!("the admin API needs a token: set --admin-token or PRERANK_ADMIN_TOKEN")
+    let configured = match (&config.admin_token, &config.admin_token_file) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give the admin token once: --admin-token or --admin-token-file")
         }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            Some(Secret::new(text.trim()))
+        }
+        (None, None) => None,
+    };
+    let token = match (&admin, configured) {
+        (Some(_), Some(t)) if !t.expose().is_empty() => Some(t),
+        (Some(_), _) => anyhow::bail!(
+            "the admin API needs a token: set PRERANK_ADMIN_TOKEN, PRERANK_ADMIN_TOKEN_FILE or \
+             --admin-token"
+        ),
         (None, _) => None,
     };
     let buckets = Arc::new(config.load_buckets()?);

@@ -28,6 +28,10 @@ async fn admin(
     )
 }
 
+async fn admin_get(c: &reqwest::Client, s: &ls::Server, token: &str) -> (StatusCode, Value) {
+    admin(c, s, reqwest::Method::GET, "/admin/v1/models", Some(token)).await
+}
+
 async fn post(c: &reqwest::Client, s: &ls::Server, path: &str) -> (StatusCode, Value) {
     admin(c, s, reqwest::Method::POST, path, Some(ls::TOKEN)).await
 }
@@ -277,6 +281,30 @@ async fn admin_listener_without_a_token_refuses_to_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("admin API needs a token"), "{err}");
+    // An empty token file is no token; a token file with the token works (whitespace trimmed).
+    let empty = root.path().join("empty-token");
+    std::fs::write(&empty, "  \n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = prerank::server::ServeConfig::with_root(root.path().to_path_buf());
+    cfg.admin_token_file = Some(empty);
+    let err = prerank::server::run_with_admin(cfg, listener, Some(admin), async {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("admin API needs a token"), "{err}");
+    let file = root.path().join("token");
+    std::fs::write(&file, format!("{}\n", lifecycle_support::TOKEN)).unwrap();
+    let server = lifecycle_support::start(root.path(), true, |c| {
+        c.admin_token = None;
+        c.admin_token_file = Some(file.clone());
+    })
+    .await;
+    let c = lifecycle_support::client();
+    let (s, _) = admin_get(&c, &server, lifecycle_support::TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = admin_get(&c, &server, "wrong").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    server.stop().await;
     // And the token never shows in the config's Debug output.
     let mut cfg = prerank::server::ServeConfig::with_root(root.path().to_path_buf());
     cfg.admin_token = Some(prerank::server::Secret::new("s3cret-value"));
