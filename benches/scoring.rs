@@ -97,6 +97,7 @@ fn benches(c: &mut Criterion) {
         verify: false,
         huge_pages: true,
         golden: false,
+        load_mode: prerank::format::reader::LoadMode::Mmap,
     };
     let snap = Snapshot::load(&dir, &opts(Dtype::F32)).expect("load corpus");
     let ids = snap.files().index.ids().to_vec();

@@ -162,6 +162,7 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
                 verify_checksums: false,
                 verify_contents: false,
                 huge_pages: false,
+                load_mode: prerank_format::reader::LoadMode::Mmap,
             },
         )?;
         use std::io::Write;
@@ -185,6 +186,7 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
             verify_checksums: false,
             verify_contents: false,
             huge_pages: false,
+            load_mode: prerank_format::reader::LoadMode::Mmap,
         },
     )?;
     let m = &files.manifest;

@@ -5,7 +5,12 @@
 //! `/readyz` turns 200 when every configured bucket (or, without buckets, a model) has a verified
 //! snapshot live. New versions are discovered by a file watcher on the model root with a periodic
 //! rescan as fallback ([`crate::watch`]); a version that fails verification is recorded and the current
-//! one keeps serving. Secrets (the admin token) never appear in `Debug` output or logs.
+//! one keeps serving.
+//!
+//! Shutdown (SIGTERM, or the `shutdown` future) drains: `/readyz` turns 503 `shutting_down` at once
+//! while the listener keeps serving; when no request is in flight (or half of `--drain-seconds` has
+//! passed) the listener closes, open requests complete, and `run` returns once every connection is
+//! closed or `--drain-seconds` have passed in all. Secrets (the admin token) never appear in `Debug` output or logs.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prerank_format::reader::LoadMode;
 use prerank_format::Dtype;
 use tokio::net::TcpListener;
 
 use crate::api::{parse_json, RankRequest};
 use crate::buckets::Buckets;
 pub use crate::http::Secret;
-use crate::http::{admin_router, router, AdminState, AppState, Limits};
+use crate::http::{admin_router, router, serve, AdminState, AppState, ConnLimits, Limits};
 use crate::registry::Registry;
 use crate::snapshot::LoadOptions;
 use crate::watch::{self, DiscoveryConfig};
@@ -54,6 +60,20 @@ pub struct ServeConfig {
     /// Ranking requests computing at once; beyond it requests get 503 + Retry-After.
     #[arg(long, env = "PRERANK_MAX_INFLIGHT", default_value_t = 64)]
     pub max_inflight: usize,
+    /// Deadline of one ranking request, milliseconds, from its arrival; past it the client gets 504
+    /// `timeout` (0: no deadline).
+    #[arg(long, env = "PRERANK_REQUEST_TIMEOUT_MS", default_value_t = 2_000)]
+    pub request_timeout_ms: u64,
+    /// Time a client has to send a complete request head, milliseconds (slowloris protection;
+    /// also closes idle keep-alive connections).
+    #[arg(long, env = "PRERANK_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes; larger heads get 431. At least 8192.
+    #[arg(long, env = "PRERANK_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Longest graceful shutdown, seconds: readiness 503, in-flight requests finish, then exit.
+    #[arg(long, env = "PRERANK_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
     /// Seconds between rescans of the model root (fallback to the file watcher; 0 disables).
     #[arg(long, env = "PRERANK_POLL_SECONDS", default_value_t = 5)]
     pub poll_seconds: u64,
@@ -83,6 +103,10 @@ pub struct ServeConfig {
     /// ignored. Exclusive with --admin-token.
     #[arg(long, env = "PRERANK_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    /// How snapshot files get into memory: `mmap` (shared page cache; relies on published files
+    /// never being modified in place) or `copy` (private memory; immune to in-place changes).
+    #[arg(long, env = "PRERANK_LOAD_MODE", default_value = "mmap")]
+    pub load_mode: LoadMode,
     /// Do not ask for transparent huge pages on item files.
     #[arg(long, env = "PRERANK_NO_HUGE_PAGES")]
     pub no_huge_pages: bool,
@@ -104,6 +128,10 @@ impl ServeConfig {
             max_behaviors: Limits::default().max_behaviors,
             max_k: Limits::default().max_k,
             max_inflight: Limits::default().max_inflight,
+            request_timeout_ms: 2_000,
+            header_read_timeout_ms: ConnLimits::default().header_read_timeout.as_millis() as u64,
+            max_header_bytes: ConnLimits::default().max_header_bytes,
+            drain_seconds: 20,
             poll_seconds: 5,
             no_watch: false,
             warmup_rounds: 1,
@@ -114,6 +142,7 @@ impl ServeConfig {
             admin_token: None,
             admin_token_file: None,
             no_huge_pages: false,
+            load_mode: LoadMode::Mmap,
             log_json: false,
         }
     }
@@ -128,12 +157,20 @@ impl ServeConfig {
         }
     }
 
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
+
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             dtype: self.item_dtype,
             verify: true,
             huge_pages: !self.no_huge_pages,
             golden: true,
+            load_mode: self.load_mode,
         }
     }
 
@@ -229,18 +266,39 @@ pub async fn run_with_admin(
         .with_bucket_targets(buckets.targets())
         .with_warmup(config.warmup_rounds, warmup_request),
     );
-    let state =
-        AppState::new(Arc::clone(&registry), config.limits()).with_buckets(Arc::clone(&buckets));
+    let state = AppState::new(Arc::clone(&registry), config.limits())
+        .with_buckets(Arc::clone(&buckets))
+        .with_request_timeout(
+            (config.request_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.request_timeout_ms)),
+        );
     let discovery = watch::spawn(Arc::clone(&registry), config.discovery());
 
+    // Shutdown in three steps (module doc): draining, stop accepting, deadline.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(false);
+    let lifecycle = Arc::clone(&state.lifecycle);
+    let drain = Duration::from_secs(config.drain_seconds);
     tokio::spawn(async move {
         shutdown.await;
+        lifecycle.start_draining();
+        let started = tokio::time::Instant::now();
+        tracing::info!(
+            in_flight = lifecycle.in_flight(),
+            drain_seconds = drain.as_secs(),
+            "shutting down: readiness 503, draining in-flight requests"
+        );
+        while lifecycle.in_flight() > 0 && started.elapsed() < drain / 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = stop_tx.send(true);
+        tokio::time::sleep_until(started + drain).await;
+        let _ = deadline_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let conn_limits = config.conn_limits();
 
     let admin_task = match (admin, token) {
         (Some(l), Some(token)) => {
@@ -251,23 +309,29 @@ pub async fn run_with_admin(
                 token: Arc::new(token),
             });
             let stop = stopped(stop_rx.clone());
+            let deadline = stopped(deadline_rx.clone());
+            let limits = conn_limits.clone();
             Some(tokio::spawn(async move {
-                axum::serve(l, app).with_graceful_shutdown(stop).await
+                serve(l, app, limits, stop, deadline).await
             }))
         }
         _ => None,
     };
     tracing::info!(addr = %listener.local_addr()?, root = %config.model_root.display(), "prerank listening");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await;
+    serve(
+        listener,
+        router(state),
+        conn_limits,
+        stopped(stop_rx),
+        stopped(deadline_rx),
+    )
+    .await;
     discovery.abort();
     if let Some(t) = admin_task {
-        match t.await {
-            Ok(r) => r.context("admin API")?,
-            Err(e) => tracing::error!(error = %e, "admin API task failed"),
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "admin API task failed");
         }
     }
-    served?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prerank_format::reader::{OpenOptions, SnapshotFiles};
+use prerank_format::reader::{LoadMode, OpenOptions, SnapshotFiles};
 use prerank_format::{Dtype, FormatError, Manifest};
 use serde::Serialize;
 
@@ -41,6 +41,8 @@ pub struct LoadOptions {
     pub huge_pages: bool,
     /// Replay the manifest's golden checks.
     pub golden: bool,
+    /// Memory-map the files or copy them into private memory (`--load-mode`; docs/operations.md).
+    pub load_mode: LoadMode,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +52,7 @@ impl Default for LoadOptions {
             verify: true,
             huge_pages: true,
             golden: true,
+            load_mode: LoadMode::Mmap,
         }
     }
 }
@@ -103,6 +106,7 @@ impl Snapshot {
                 verify_checksums: opts.verify,
                 verify_contents: opts.verify,
                 huge_pages: opts.huge_pages,
+                load_mode: opts.load_mode,
             },
         )?;
         let layout = TowerLayout::new(&files.manifest, &files.weights)?;

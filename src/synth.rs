@@ -297,6 +297,7 @@ fn golden_checks(
                 verify: false,
                 huge_pages: false,
                 golden: false,
+                load_mode: prerank_format::reader::LoadMode::Mmap,
             },
         )?;
         let mut scratch = Scratch::default();

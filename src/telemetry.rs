@@ -23,6 +23,26 @@ pub const MODEL_LIVE_VERSION: &str = "prerank_model_live_version";
 /// Admin API calls, by operation and status.
 pub const ADMIN_REQUESTS_TOTAL: &str = "prerank_admin_requests_total";
 
+/// Time spent in one stage of a ranking request, seconds; label `stage` (decode, tower, scoring,
+/// encode). Decode includes body read, JSON parsing and validation; tower and scoring run on the
+/// blocking pool.
+pub const STAGE_DURATION_SECONDS: &str = "prerank_stage_duration_seconds";
+/// Requests being handled now (probes and /metrics excluded).
+pub const IN_FLIGHT_REQUESTS: &str = "prerank_in_flight_requests";
+/// Ranking requests refused or cut short to protect the service; label `reason`
+/// (`overloaded`: no in-flight permit, 503; `timeout`: past --request-timeout-ms, 504).
+pub const SHED_REQUESTS_TOTAL: &str = "prerank_shed_requests_total";
+/// Bytes of snapshot files mapped (or copied, in `copy` load mode) per loaded model version; 0 once
+/// the version is no longer loaded.
+pub const MODEL_MAPPED_BYTES: &str = "prerank_model_mapped_bytes";
+
+pub const STAGE_DECODE: &str = "decode";
+pub const STAGE_TOWER: &str = "tower";
+pub const STAGE_SCORING: &str = "scoring";
+pub const STAGE_ENCODE: &str = "encode";
+pub const SHED_OVERLOADED: &str = "overloaded";
+pub const SHED_TIMEOUT: &str = "timeout";
+
 /// Latency buckets, seconds: 50 us .. 5 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -63,6 +83,12 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
+                        Matcher::Full(STAGE_DURATION_SECONDS.into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
                         Matcher::Full(MODEL_LOAD_DURATION_SECONDS.into()),
                         LOAD_BUCKETS,
                     )
@@ -98,6 +124,19 @@ pub fn record_rank(labels: &Labels, candidates: usize, unknown: usize) {
     let l = label_set(labels, Vec::new());
     metrics::histogram!(CANDIDATES_PER_REQUEST, &l).record(candidates as f64);
     metrics::counter!(UNKNOWN_CANDIDATES_TOTAL, &l).increment(unknown as u64);
+}
+
+pub fn record_stage(stage: &'static str, took: Duration) {
+    metrics::histogram!(STAGE_DURATION_SECONDS, "stage" => stage).record(took.as_secs_f64());
+}
+
+pub fn record_shed(reason: &'static str) {
+    metrics::counter!(SHED_REQUESTS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn set_mapped_bytes(model: &str, version: u64, bytes: u64) {
+    metrics::gauge!(MODEL_MAPPED_BYTES, "model" => model.to_string(), "version" => version.to_string())
+        .set(bytes as f64);
 }
 
 pub fn record_admin(op: &'static str, status: u16) {

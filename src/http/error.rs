@@ -45,6 +45,12 @@ pub enum ApiError {
     NotReady,
     #[error("server is at its limit of concurrent ranking requests; retry shortly")]
     Overloaded,
+    #[error(
+        "shutting down: this instance finishes its in-flight requests and takes no new traffic"
+    )]
+    ShuttingDown,
+    #[error("the request took longer than its limit of {0} ms")]
+    Timeout(u64),
     #[error("no such route")]
     RouteNotFound,
     #[error("{0}")]
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::NoModel => (StatusCode::SERVICE_UNAVAILABLE, "no_model"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::UnknownBucket(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_bucket"),
             ApiError::BucketUnavailable { .. } => {

@@ -6,33 +6,49 @@
 //! are already computing, a new one is refused at once with 503 + `Retry-After` instead of queueing.
 //! Every error becomes `{"error": {"code", "message"}}` through one exhaustive match in [`ApiError`].
 //!
+//! Every request passes through [`track`] first: it takes the request id from `x-request-id` (or
+//! generates one), opens a tracing span with it, counts the request as in flight (what graceful
+//! shutdown waits for) and echoes the id in the response's `x-request-id` header. Ranking work has a
+//! deadline (`request_timeout`): past it the client gets 504 `timeout` at once (the blocking task
+//! finishes in the background and keeps its in-flight permit, so the bound on CPU work still holds).
+//! [`Lifecycle`] carries the draining flag: once set, `/readyz` answers 503 `shutting_down` while
+//! requests keep being served, so load balancers stop sending traffic before the listener closes.
+//! Connections themselves (header read timeout, header size) are served by [`serve`].
+//!
 //! Each ranking request is routed to an A/B bucket first ([`crate::buckets`]), then takes one
 //! `Arc<Snapshot>` of that bucket's model and version for its whole life. The admin API is a separate
 //! router ([`admin_router`]) served on its own listener.
 
 mod admin;
 mod error;
+mod serve;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use admin::{admin_router, AdminState, Secret};
 pub use error::ApiError;
+pub use serve::{serve, ConnLimits};
 
 use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
 use crate::buckets::{BucketSpec, Buckets, BUCKET_HEADER};
+use crate::model::UserInput;
 use crate::registry::{Registry, RegistryError, VersionStatus};
-use crate::scoring::Scratch;
+use crate::scoring::{self, Scratch};
 use crate::snapshot::SnapshotInfo;
 use crate::telemetry;
 
@@ -68,7 +84,63 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The A/B bucket plan (none configured by default).
     pub buckets: Arc<Buckets>,
+    /// Draining flag and requests in flight (graceful shutdown).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Deadline of one ranking request, from its arrival (`None`: no deadline).
+    pub request_timeout: Option<Duration>,
+    /// (model, version) pairs whose mapped-bytes gauge was last reported non-zero, so a retired
+    /// version's gauge is set back to 0.
+    mapped_reported: Arc<Mutex<BTreeSet<(String, u64)>>>,
 }
+
+/// What graceful shutdown needs from the request path: a draining flag (readiness 503) and the
+/// number of requests in flight (probes and `/metrics` excluded).
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Lifecycle {
+    /// From now on `/readyz` answers 503 `shutting_down`; requests are still served.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Requests being handled now (probes and `/metrics` excluded).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one request in flight for its whole life (also when its future is dropped).
+struct InFlight(Arc<Lifecycle>);
+
+impl InFlight {
+    fn new(l: &Arc<Lifecycle>) -> InFlight {
+        let n = l.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!(telemetry::IN_FLIGHT_REQUESTS).set(n as f64);
+        InFlight(Arc::clone(l))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!(telemetry::IN_FLIGHT_REQUESTS).set(n as f64);
+    }
+}
+
+/// The id of one request (from `x-request-id`, or generated), stored as a request extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Header carrying the request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, limits: Limits) -> AppState {
@@ -78,7 +150,16 @@ impl AppState {
             limits,
             metrics: telemetry::prometheus_handle(),
             buckets: Arc::new(Buckets::none()),
+            lifecycle: Arc::new(Lifecycle::default()),
+            request_timeout: None,
+            mapped_reported: Arc::default(),
         }
+    }
+
+    /// The same state with a deadline per ranking request.
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> AppState {
+        self.request_timeout = timeout;
+        self
     }
 
     /// The same state with a bucket plan.
@@ -99,7 +180,37 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// A usable client-supplied request id: 1..=128 visible ASCII characters.
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.into())
+}
+
+/// Request id, tracing span, in-flight count and `x-request-id` echo for every request.
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let path = req.uri().path().to_owned();
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %req.method(), path = %path);
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let _counted = (!probe).then(|| InFlight::new(&state.lifecycle));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    if !resp.headers().contains_key(REQUEST_ID_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+    }
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "request done"));
+    resp
 }
 
 thread_local! {
@@ -120,12 +231,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn request_id(headers: &HeaderMap, body_id: Option<&str>) -> String {
+/// The response's request id: the body's `request_id` if given, else the header's (or generated) one.
+fn request_id(headers: &HeaderMap, tracked: Option<&RequestId>, body_id: Option<&str>) -> String {
     if let Some(id) = body_id.filter(|s| !s.is_empty()) {
         return id.chars().take(128).collect();
     }
+    if let Some(id) = tracked {
+        return id.0.clone();
+    }
     if let Some(id) = headers
-        .get("x-request-id")
+        .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
     {
@@ -134,27 +249,93 @@ fn request_id(headers: &HeaderMap, body_id: Option<&str>) -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The user tower and scoring of one request, timed separately (the same steps as
+/// [`crate::snapshot::Snapshot::rank`], split so each stage has its own latency histogram).
+fn rank_timed(
+    snap: &crate::snapshot::Snapshot,
+    req: &RankRequest,
+    k: usize,
+    scratch: &mut Scratch,
+) -> Result<crate::snapshot::RankResult, ApiError> {
+    let dtype = snap.info().dtype;
+    let Some(vectors) = snap.files().vectors.iter().find(|v| v.dtype() == dtype) else {
+        // Not reachable for a loaded snapshot; fall back to the snapshot's own entry point.
+        return Ok(snap.rank(req, k, scratch)?);
+    };
+    let t = Instant::now();
+    let input = UserInput::from_json(&req.user)?;
+    let ignored_features = snap.layout().ignored_features(&input);
+    let u = snap.user_vector(&input)?;
+    telemetry::record_stage(telemetry::STAGE_TOWER, t.elapsed());
+    let t = Instant::now();
+    let (items, stats) = scoring::rank(
+        &u,
+        snap.manifest().tau,
+        vectors,
+        &snap.files().index,
+        &req.candidates,
+        k,
+        scratch,
+        true,
+    );
+    telemetry::record_stage(telemetry::STAGE_SCORING, t.elapsed());
+    Ok(crate::snapshot::RankResult {
+        items,
+        stats,
+        ignored_features,
+    })
+}
+
 async fn rank(
     State(state): State<AppState>,
+    tracked: Option<axum::Extension<RequestId>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let (result, labels) = rank_inner(&state, &headers, body, started).await;
-    let status = match &result {
-        Ok(_) => StatusCode::OK,
-        Err(e) => e.status(),
+    let tracked = tracked.map(|axum::Extension(id)| id);
+    let (result, labels) = rank_inner(&state, &headers, tracked.as_ref(), body, started).await;
+    let (id, response) = match result {
+        Ok(resp) => {
+            let t = Instant::now();
+            let encoded = serde_json::to_vec(&resp);
+            telemetry::record_stage(telemetry::STAGE_ENCODE, t.elapsed());
+            let id = resp.request_id;
+            match encoded {
+                Ok(bytes) => (
+                    Some(id),
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        bytes,
+                    )
+                        .into_response(),
+                ),
+                Err(e) => (
+                    Some(id),
+                    ApiError::Internal(format!("encoding the response: {e}")).into_response(),
+                ),
+            }
+        }
+        Err(e) => (None, e.into_response()),
     };
-    telemetry::record_request("/v1/rank", status.as_u16(), &labels, started.elapsed());
-    match result {
-        Ok(resp) => Json(resp).into_response(),
-        Err(e) => e.into_response(),
+    telemetry::record_request(
+        "/v1/rank",
+        response.status().as_u16(),
+        &labels,
+        started.elapsed(),
+    );
+    let mut response = response;
+    if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    response
 }
 
 async fn rank_inner(
     state: &AppState,
     headers: &HeaderMap,
+    tracked: Option<&RequestId>,
     body: Result<Bytes, BytesRejection>,
     started: Instant,
 ) -> (Result<RankResponse, ApiError>, telemetry::Labels) {
@@ -229,18 +410,35 @@ async fn rank_inner(
         labels.version = snap.info().version.to_string();
         let permit = Arc::clone(&state.inflight)
             .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded)?;
+            .map_err(|_| {
+                telemetry::record_shed(telemetry::SHED_OVERLOADED);
+                ApiError::Overloaded
+            })?;
+        telemetry::record_stage(telemetry::STAGE_DECODE, started.elapsed());
         let k = req.k as usize;
-        let request_id = request_id(headers, req.request_id.as_deref());
+        let request_id = request_id(headers, tracked, req.request_id.as_deref());
         let candidates = req.candidates.len();
         let with_probability = req.with_probability;
         let snap_for_work = Arc::clone(&snap);
-        let ranked = tokio::task::spawn_blocking(move || {
+        let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            SCRATCH.with(|s| snap_for_work.rank(&req, k, &mut s.borrow_mut()))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("scoring task failed: {e}")))??;
+            SCRATCH.with(|s| rank_timed(&snap_for_work, &req, k, &mut s.borrow_mut()))
+        });
+        let joined = match state.request_timeout {
+            Some(limit) => {
+                let left = limit.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, work).await {
+                    Ok(j) => j,
+                    Err(_) => {
+                        telemetry::record_shed(telemetry::SHED_TIMEOUT);
+                        return Err(ApiError::Timeout(limit.as_millis() as u64));
+                    }
+                }
+            }
+            None => work.await,
+        };
+        let ranked =
+            joined.map_err(|e| ApiError::Internal(format!("scoring task failed: {e}")))??;
         telemetry::record_rank(&labels, candidates, ranked.stats.unknown);
         let info = snap.info();
         Ok(RankResponse {
@@ -337,14 +535,37 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.registry.is_ready() {
+    if state.lifecycle.is_draining() {
+        ApiError::ShuttingDown.into_response()
+    } else if state.registry.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         ApiError::NotReady.into_response()
     }
 }
 
+/// Sets the mapped-bytes gauge of every loaded version, and back to 0 for versions no longer loaded.
+fn report_mapped_bytes(state: &AppState) {
+    let live = state.registry.live_set();
+    let mut now = BTreeSet::new();
+    for (name, m) in &live.models {
+        for (version, snap) in &m.versions {
+            telemetry::set_mapped_bytes(name, *version, snap.info().mapped_bytes);
+            now.insert((name.clone(), *version));
+        }
+    }
+    let mut reported = match state.mapped_reported.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for (name, version) in reported.difference(&now) {
+        telemetry::set_mapped_bytes(name, *version, 0);
+    }
+    *reported = now;
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
+    report_mapped_bytes(&state);
     match &state.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

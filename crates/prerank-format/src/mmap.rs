@@ -12,6 +12,12 @@
 //! published file, which the contract forbids, could. Everything else in the crate accesses the bytes
 //! through safe, bounds- and alignment-checked casts (`bytemuck`).
 //!
+//! Because that contract is enforced by convention, not by the kernel, [`LoadMode::Copy`] exists: it
+//! reads each file into anonymous memory (then made read-only), so a published file modified or
+//! truncated in place later cannot reach the process at all; the price is the file's size in
+//! resident memory and a full read at load. [`LoadMode::Mmap`] (the default) shares the page cache
+//! and loads faster, and relies on the contract. Both give the same `Mmap` type.
+//!
 //! [`prefetch`] issues a cache prefetch hint for a byte of a slice. A prefetch never dereferences in
 //! the language sense, never faults and has no architectural effect beyond the cache; it is `unsafe`
 //! in `core::arch` only because it is a `#[target_feature]` function. We call it only on x86_64, where
@@ -20,11 +26,79 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use memmap2::Mmap;
 
 use crate::FormatError;
+
+/// How snapshot files get into memory (module doc).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Memory-map the file (shared page cache; relies on published files being immutable).
+    #[default]
+    Mmap,
+    /// Copy the file into private anonymous memory (immune to in-place changes of the file).
+    Copy,
+}
+
+impl std::str::FromStr for LoadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mmap" => Ok(LoadMode::Mmap),
+            "copy" => Ok(LoadMode::Copy),
+            other => Err(format!(
+                "unknown load mode {other:?} (expected mmap or copy)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LoadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadMode::Mmap => "mmap",
+            LoadMode::Copy => "copy",
+        })
+    }
+}
+
+/// Loads `path` the way `mode` says: [`map_file`] or [`copy_file`].
+pub fn load_file(path: &Path, huge_pages: bool, mode: LoadMode) -> Result<Mmap, FormatError> {
+    match mode {
+        LoadMode::Mmap => map_file(path, huge_pages),
+        LoadMode::Copy => copy_file(path, huge_pages),
+    }
+}
+
+/// Reads `path` into a private anonymous map, then makes it read-only. No `unsafe`: the memory is
+/// the process's own, so later changes to the file cannot affect it. A file that shrinks while it is
+/// read is an error (`UnexpectedEof`).
+pub fn copy_file(path: &Path, huge_pages: bool) -> Result<Mmap, FormatError> {
+    let mut file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    let len = usize::try_from(len).map_err(|_| {
+        FormatError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large"),
+        )
+    })?;
+    let mut anon = memmap2::MmapOptions::new()
+        .len(len)
+        .map_anon()
+        .map_err(|e| FormatError::io(path, e))?;
+    #[cfg(target_os = "linux")]
+    if huge_pages && len > 0 {
+        let _ = anon.advise(memmap2::Advice::HugePage);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = huge_pages;
+    file.read_exact(&mut anon[..])
+        .map_err(|e| FormatError::io(path, e))?;
+    anon.make_read_only().map_err(|e| FormatError::io(path, e))
+}
 
 /// Maps `path` read-only. `huge_pages` asks the kernel for transparent huge pages on the mapping
 /// (`MADV_HUGEPAGE`), which matters for random row reads over large item files; it is advice, so a

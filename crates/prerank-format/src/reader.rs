@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::attrs::ItemAttributes;
 use crate::index::IdIndex;
 use crate::manifest::{Manifest, MANIFEST_FILE};
-use crate::mmap::map_file;
+use crate::mmap::load_file;
+pub use crate::mmap::LoadMode;
 use crate::vectors::{Dtype, ItemVectors};
 use crate::weights::Weights;
 use crate::FormatError;
@@ -29,6 +30,8 @@ pub struct OpenOptions {
     pub verify_contents: bool,
     /// Advise transparent huge pages on the item files.
     pub huge_pages: bool,
+    /// Map the files, or copy them into private memory (see [`LoadMode`]).
+    pub load_mode: LoadMode,
 }
 
 impl Default for OpenOptions {
@@ -37,6 +40,7 @@ impl Default for OpenOptions {
             verify_checksums: true,
             verify_contents: true,
             huge_pages: true,
+            load_mode: LoadMode::Mmap,
         }
     }
 }
@@ -72,7 +76,7 @@ impl SnapshotFiles {
                     found: meta.len(),
                 });
             }
-            let m = map_file(&path, huge)?;
+            let m = load_file(&path, huge, opts.load_mode)?;
             if opts.verify_checksums {
                 let found = hex::encode(Sha256::digest(&m[..]));
                 let expected = &manifest.files[file].sha256;
