@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Tensor;
 use prerank_format::features::RawValue;
 use prerank_trainer::dataset::{behavior_value, encode, make_batch, user_value, Encoded};
 use prerank_trainer::export::{export, request_json, student_tensors, user_vector, ExportOptions};
@@ -358,5 +357,4 @@ fn parity_with_the_service() {
         (a_trainer - a_service).abs() <= 1e-3,
         "AUC {a_trainer} vs {a_service}"
     );
-    let _unused: Option<Tensor> = None;
 }
