@@ -537,3 +537,49 @@ async fn truncated_after_loading_copy_mode_keeps_serving() {
     assert_eq!(exited, None);
     assert_eq!(status, Some(200));
 }
+
+/// Unmounts (and removes) a tmpfs mount point on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn publish_onto_a_full_disk_fails_and_leaves_no_partial_version() {
+    // A 20k-item snapshot is ~10 MB; the file system holds 1 MB. Needs root for `mount`.
+    let (_root, dir) = common::model_root(20_000, &[Dtype::F32]);
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _guard = Mount(mnt.path().to_path_buf());
+    let model_dir = mnt.path().join("m");
+    let out = Command::new(env!("CARGO_BIN_EXE_prerank"))
+        .arg("publish")
+        .arg(&dir)
+        .arg(&model_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device"),
+        "error should name the cause: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&model_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "publish left {left:?} behind");
+}
