@@ -95,8 +95,66 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
                 })
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
+                .inspect(|_| describe())
         })
         .clone()
+}
+
+/// `# HELP` text of every metric (promtool requires it).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route, status, model, version, bucket."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        "Time from request arrival to response, seconds, by route, status, model, version, bucket."
+    );
+    describe_histogram!(
+        CANDIDATES_PER_REQUEST,
+        "Candidates in each accepted ranking request."
+    );
+    describe_counter!(
+        UNKNOWN_CANDIDATES_TOTAL,
+        "Candidate ids not in the served snapshot (skipped), by model, version, bucket."
+    );
+    describe_counter!(
+        MODEL_LOAD_ATTEMPTS_TOTAL,
+        "Version loads attempted, by model."
+    );
+    describe_counter!(
+        MODEL_LOAD_FAILURES_TOTAL,
+        "Version loads rejected, by model."
+    );
+    describe_histogram!(
+        MODEL_LOAD_DURATION_SECONDS,
+        "Time to load, verify and warm up one version, seconds, by model."
+    );
+    describe_gauge!(
+        MODEL_LIVE_VERSION,
+        "Version served by default, by model (0: none)."
+    );
+    describe_counter!(
+        ADMIN_REQUESTS_TOTAL,
+        "Admin API calls, by operation and status."
+    );
+    describe_histogram!(
+        STAGE_DURATION_SECONDS,
+        "Time in one stage of a ranking request (decode, tower, scoring, encode), seconds."
+    );
+    describe_gauge!(
+        IN_FLIGHT_REQUESTS,
+        "Requests being handled (probes and /metrics excluded)."
+    );
+    describe_counter!(
+        SHED_REQUESTS_TOTAL,
+        "Ranking requests refused (overloaded) or cut short (timeout), by reason."
+    );
+    describe_gauge!(
+        MODEL_MAPPED_BYTES,
+        "Bytes of snapshot files in memory per loaded version (0 once unloaded)."
+    );
 }
 
 /// Request labels in exposition order. Without a bucket config the `bucket` label is left out (in

@@ -207,6 +207,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
 /// The in-process app over a small model.
 fn small_app(timeout: Option<Duration>) -> (tempfile::TempDir, axum::Router, Vec<u64>) {
+    let _ = prerank::telemetry::prometheus_handle(); // before loading: load metrics are recorded
     let (root, dir) = common::model_root(2_000, &[Dtype::F32]);
     let registry = std::sync::Arc::new(Registry::new(root.path(), None, LoadOptions::default()));
     prerank::server::load_all(&registry);
@@ -329,7 +330,9 @@ async fn metrics_exposition_has_every_family_and_passes_promtool() {
         "prerank_model_mapped_bytes{model=\"m\",version=\"1\"}",
         "prerank_candidates_per_request",
         "prerank_unknown_candidates_total",
-        "prerank_model_live_version",
+        "prerank_model_load_attempts_total{model=\"m\"}",
+        "prerank_model_load_duration_seconds_bucket",
+        "prerank_model_live_version{model=\"m\"}",
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
