@@ -1,6 +1,9 @@
 //! The wire types of the ranking API (`docs/api.md`): plain serde data shared by the HTTP layer, the
 //! golden checks of a snapshot (whose sample requests use the same JSON) and the load generators.
 //!
+//! Each type derives `utoipa::ToSchema`: the OpenAPI document served at `/openapi.json` is generated
+//! from these definitions (plus the routes in the http layer), so it cannot drift from the code.
+//!
 //! Parsing keeps the JSON path of a failure (`serde_path_to_error`), so a client learns which field was
 //! wrong, e.g. `user.behaviors[3].item_id: invalid type: string "x", expected u64`.
 
@@ -9,16 +12,19 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/rank` request body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest {
     /// Echoed in the response and the logs; generated when absent.
     #[serde(default)]
     pub request_id: Option<String>,
     pub user: UserJson,
-    /// Item ids to score. Unknown ids are skipped and counted; duplicates are scored once.
+    /// Item ids to score. Unknown ids are skipped and counted; duplicates are scored once. At most
+    /// `--max-candidates` (default 200000).
+    #[schema(min_items = 1, max_items = 200_000)]
     pub candidates: Vec<u64>,
-    /// How many items to return (1..=max_k).
+    /// How many items to return (1..=max_k; `--max-k`, default 10000).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub k: i64,
     /// Model to use; defaults to the server's default model.
     #[serde(default)]
@@ -36,15 +42,19 @@ pub struct RankRequest {
 ///
 /// Deserialised by hand (see the `Deserialize` impl below) so that only a JSON object is accepted:
 /// serde's derived impl would also take an array as a struct (`"user": []`), silently an empty user.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct UserJson {
     /// Value of the `user_id` feature (string or integer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
     pub id: Option<serde_json::Value>,
     /// Profile features by name; names the model does not use are ignored and reported.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub features: BTreeMap<String, serde_json::Value>,
+    /// Most recent first; at most `--max-behaviors` (default 1000).
     #[serde(default)]
+    #[schema(max_items = 1_000)]
     pub behaviors: Vec<BehaviorJson>,
 }
 
@@ -93,15 +103,16 @@ impl<'de> Deserialize<'de> for UserJson {
 
 /// One behaviour: the item and the per-behaviour extras (`action`, `seconds_ago`, `dwell_seconds`, ...),
 /// optionally item attributes (`category`, `shop`, `brand`) overriding the snapshot's table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct BehaviorJson {
     pub item_id: u64,
     #[serde(flatten)]
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// `POST /v1/rank` response body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct RankResponse {
     pub request_id: String,
     /// The A/B bucket that served the request (`default` without a bucket config, `none` when the
@@ -130,7 +141,7 @@ pub struct RankResponse {
     pub took_us: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct RankedItem {
     pub item_id: u64,
     /// `tau * <u, v>`: the click logit.
@@ -140,12 +151,12 @@ pub struct RankedItem {
 }
 
 /// Error body: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable code (see docs/api.md).
     pub code: String,

@@ -586,3 +586,52 @@ fn publish_onto_a_full_disk_fails_and_leaves_no_partial_version() {
         .collect();
     assert!(left.is_empty(), "publish left {left:?} behind");
 }
+
+#[tokio::test]
+async fn openapi_document_covers_every_route_and_wire_type() {
+    let (_root, app, _ids) = small_app(None);
+    let (s, h, b) = call(
+        &app,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "application/json");
+    let doc: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/rank",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    for schema in [
+        "RankRequest",
+        "UserJson",
+        "BehaviorJson",
+        "RankResponse",
+        "RankedItem",
+        "ErrorBody",
+        "ErrorDetail",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
+    let responses = &doc["paths"]["/v1/rank"]["post"]["responses"];
+    for status in ["200", "400", "404", "413", "415", "422", "503", "504"] {
+        assert!(
+            responses[status].is_object(),
+            "/v1/rank {status} undocumented"
+        );
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["RankRequest"]["additionalProperties"], false,
+        "unknown fields are rejected, the schema must say so"
+    );
+}

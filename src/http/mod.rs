@@ -13,6 +13,8 @@
 //! finishes in the background and keeps its in-flight permit, so the bound on CPU work still holds).
 //! [`Lifecycle`] carries the draining flag: once set, `/readyz` answers 503 `shutting_down` while
 //! requests keep being served, so load balancers stop sending traffic before the listener closes.
+//! `GET /openapi.json` serves the OpenAPI 3.1 document generated (utoipa) from the wire types in
+//! [`crate::api`] and the route annotations below ([`ApiDoc`]).
 //! Connections themselves (header read timeout, header size) are served by [`serve`].
 //!
 //! Each ranking request is routed to an A/B bucket first ([`crate::buckets`]), then takes one
@@ -178,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
@@ -211,6 +214,47 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     }
     span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "request done"));
     resp
+}
+
+/// The OpenAPI document of the ranking API (`GET /openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "prerank",
+        description = "Coarse ranking for distilled two-tower recommenders (docs/api.md)."
+    ),
+    paths(rank, models, healthz, readyz, metrics, openapi),
+    components(schemas(
+        crate::api::RankRequest,
+        crate::api::UserJson,
+        crate::api::BehaviorJson,
+        crate::api::RankResponse,
+        crate::api::RankedItem,
+        crate::api::ErrorBody,
+        crate::api::ErrorDetail
+    ))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// The document, as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "This OpenAPI document", content_type = "application/json", body = Object))
+)]
+async fn openapi() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        openapi_document()
+            .to_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
 thread_local! {
@@ -286,6 +330,26 @@ fn rank_timed(
     })
 }
 
+/// Ranks the candidates for one user and returns the top k.
+#[utoipa::path(
+    post,
+    path = "/v1/rank",
+    request_body(content = crate::api::RankRequest, content_type = "application/json"),
+    params(
+        ("x-request-id" = Option<String>, Header, description = "Request id (echoed; generated when absent)"),
+        ("x-prerank-bucket" = Option<String>, Header, description = "A/B bucket override (QA)")
+    ),
+    responses(
+        (status = 200, description = "Top-k items", body = crate::api::RankResponse),
+        (status = 400, description = "Malformed JSON or unreadable body", body = crate::api::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::api::ErrorBody),
+        (status = 413, description = "Body larger than the limit", body = crate::api::ErrorBody),
+        (status = 415, description = "Content type is not JSON", body = crate::api::ErrorBody),
+        (status = 422, description = "Well-formed but invalid request", body = crate::api::ErrorBody),
+        (status = 503, description = "Overloaded, not ready or bucket unavailable (Retry-After)", body = crate::api::ErrorBody),
+        (status = 504, description = "Past the request deadline", body = crate::api::ErrorBody)
+    )
+)]
 async fn rank(
     State(state): State<AppState>,
     tracked: Option<axum::Extension<RequestId>>,
@@ -495,6 +559,12 @@ struct ModelEntry {
     versions: Vec<VersionStatus>,
 }
 
+/// Loaded models, every version tried with its status, and the bucket plan.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    responses((status = 200, description = "Models, versions and buckets (docs/api.md)", body = Object))
+)]
 async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     let live = state.registry.live();
     let mut status = state.registry.status();
@@ -530,10 +600,26 @@ async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     Json(ModelsResponse { models, buckets })
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String))
+)]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Readiness: every configured bucket (or a model) has a verified snapshot live, and the process is
+/// not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 503, description = "Not ready, or shutting down", body = crate::api::ErrorBody)
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_draining() {
         ApiError::ShuttingDown.into_response()
@@ -564,6 +650,12 @@ fn report_mapped_bytes(state: &AppState) {
     *reported = now;
 }
 
+/// Prometheus exposition (docs/operations.md lists every metric).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     report_mapped_bytes(&state);
     match &state.metrics {
