@@ -8,8 +8,9 @@
 //! one keeps serving.
 //!
 //! Shutdown (SIGTERM, or the `shutdown` future) drains: `/readyz` turns 503 `shutting_down` at once
-//! while the listener keeps serving; when no request is in flight (or half of `--drain-seconds` has
-//! passed) the listener closes, open requests complete, and `run` returns once every connection is
+//! while the listener keeps serving, for at least `--shutdown-delay-seconds` (time for load balancers
+//! to stop routing here); then, once no request is in flight (or half of `--drain-seconds` has
+//! passed), the listener closes, open requests complete, and `run` returns once every connection is
 //! closed or `--drain-seconds` have passed in all. Secrets (the admin token) never appear in `Debug` output or logs.
 
 use std::future::Future;
@@ -74,6 +75,10 @@ pub struct ServeConfig {
     /// Longest graceful shutdown, seconds: readiness 503, in-flight requests finish, then exit.
     #[arg(long, env = "PRERANK_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
+    /// After SIGTERM, keep accepting requests (readiness 503) at least this long, seconds, so load
+    /// balancers stop routing here before the listener closes (Kubernetes: 5).
+    #[arg(long, env = "PRERANK_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
     /// Seconds between rescans of the model root (fallback to the file watcher; 0 disables).
     #[arg(long, env = "PRERANK_POLL_SECONDS", default_value_t = 5)]
     pub poll_seconds: u64,
@@ -132,6 +137,7 @@ impl ServeConfig {
             header_read_timeout_ms: ConnLimits::default().header_read_timeout.as_millis() as u64,
             max_header_bytes: ConnLimits::default().max_header_bytes,
             drain_seconds: 20,
+            shutdown_delay_seconds: 0,
             poll_seconds: 5,
             no_watch: false,
             warmup_rounds: 1,
@@ -278,7 +284,8 @@ pub async fn run_with_admin(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(false);
     let lifecycle = Arc::clone(&state.lifecycle);
-    let drain = Duration::from_secs(config.drain_seconds);
+    let delay = Duration::from_secs(config.shutdown_delay_seconds);
+    let drain = Duration::from_secs(config.drain_seconds).max(delay + Duration::from_secs(1));
     tokio::spawn(async move {
         shutdown.await;
         lifecycle.start_draining();
@@ -288,7 +295,10 @@ pub async fn run_with_admin(
             drain_seconds = drain.as_secs(),
             "shutting down: readiness 503, draining in-flight requests"
         );
-        while lifecycle.in_flight() > 0 && started.elapsed() < drain / 2 {
+        let accept_at_most = delay.max(drain / 2);
+        while started.elapsed() < delay
+            || (lifecycle.in_flight() > 0 && started.elapsed() < accept_at_most)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = stop_tx.send(true);

@@ -635,3 +635,40 @@ async fn openapi_document_covers_every_route_and_wire_type() {
         "unknown fields are rejected, the schema must say so"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_accepting_with_readiness_503() {
+    let (root, dir) = common::model_root(300, &[Dtype::F32]);
+    let ids = Reference::open(&dir).ids();
+    let log = root.path().join("server.log");
+    let (child, addr) = spawn_binary(root.path(), &log, &["--shutdown-delay-seconds", "1"]);
+    let mut child = Guard(child);
+    let client = fresh_client();
+    wait_ready_child(&client, addr, &mut child.0).await;
+    let sent = Instant::now();
+    sigterm(&child.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing in flight, but within the delay: still accepting, not ready, and still ranking.
+    let r = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = json!({"user": {}, "candidates": [ids[0]], "k": 1}).to_string();
+    let r = client
+        .post(format!("http://{addr}/v1/rank"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = wait_exit(&mut child.0, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+}
