@@ -190,11 +190,14 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
         },
     )?;
     let m = &files.manifest;
-    println!("model:        {}", m.model);
-    println!("version:      {}", m.version);
-    println!("created_at:   {}", m.created_at);
-    println!("tau:          {}", m.tau);
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "model:        {}", m.model)?;
+    writeln!(out, "version:      {}", m.version)?;
+    writeln!(out, "created_at:   {}", m.created_at)?;
+    writeln!(out, "tau:          {}", m.tau)?;
+    writeln!(
+        out,
         "items:        {} x {} ({})",
         m.items.count,
         m.items.dim,
@@ -204,13 +207,15 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
             .map(|v| v.dtype.name())
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     let a = &m.architecture;
-    println!(
+    writeln!(
+        out,
         "tower:        d_model {} heads {} ffn {} widths {:?} max_len {}",
         a.d_model, a.heads, a.ffn_dim, a.tower_widths, m.features.behavior.max_len
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "user features: {}",
         m.features
             .user
@@ -218,8 +223,9 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "behaviour features: {}",
         m.features
             .behavior
@@ -229,20 +235,34 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     for (name, f) in &m.files {
-        println!("file:         {name} {} bytes sha256 {}", f.bytes, f.sha256);
+        writeln!(
+            out,
+            "file:         {name} {} bytes sha256 {}",
+            f.bytes, f.sha256
+        )?;
     }
-    println!("provenance:   {}", m.provenance);
+    writeln!(out, "provenance:   {}", m.provenance)?;
     match checked {
-        Ok(s) => println!(
+        Ok(s) => writeln!(
+            out,
             "checks:       checksums ok, contents ok, golden checks ok ({}), loaded in {} ms",
             s.info().golden_checks,
             s.info().load_ms
         ),
-        Err(e) => println!("checks:       FAILED: {e}"),
+        Err(e) => writeln!(out, "checks:       FAILED: {e}"),
+    }?;
+    print_ignoring_closed_pipe(&out)
+}
+
+/// Writes `text` to stdout; a reader that closed the pipe early (`| head`) is not an error.
+fn print_ignoring_closed_pipe(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
