@@ -66,8 +66,14 @@ pub fn run_table2(
     Ok(out)
 }
 
-/// Mean and standard deviation per method: `(method, student (mean, std), teacher (mean, std))`.
-pub fn summarize(results: &[RunResult]) -> Vec<(Method, (f64, f64), Option<(f64, f64)>)> {
+/// `(mean, sample standard deviation)`.
+pub type MeanStd = (f64, f64);
+
+/// Per method: `(method, student AUC, teacher AUC)`.
+pub type MethodSummary = (Method, MeanStd, Option<MeanStd>);
+
+/// Mean and standard deviation of the held-out AUC per method.
+pub fn summarize(results: &[RunResult]) -> Vec<MethodSummary> {
     Method::ALL
         .iter()
         .filter_map(|&m| {

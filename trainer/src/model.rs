@@ -229,7 +229,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         self.features.validate().map_err(TrainError::Config)?;
         let d = self.d_model();
-        if self.heads == 0 || d % self.heads != 0 {
+        if self.heads == 0 || !d.is_multiple_of(self.heads) {
             return Err(TrainError::Config(format!(
                 "d_model {d} is not divisible by heads {}",
                 self.heads

@@ -117,7 +117,11 @@ pub fn split(logs: &Logs) -> (Vec<&Request>, Vec<&Request>) {
 
 /// Evaluates student and teacher on `data` (eval mode: batch norm uses running statistics).
 pub fn evaluate(model: &Model, data: &Encoded) -> Result<Eval> {
-    let (student, teacher, labels) = predict(model, data)?;
+    let Predictions {
+        student,
+        teacher,
+        labels,
+    } = predict(model, data)?;
     let student_auc = auc(&student, &labels)
         .ok_or(crate::error::DataError::Empty("held-out (one class only)"))?;
     let teacher_auc = match &teacher {
@@ -133,8 +137,17 @@ pub fn evaluate(model: &Model, data: &Encoded) -> Result<Eval> {
     })
 }
 
-/// Student logits, teacher logits and labels for every impression of `data`, in order.
-pub fn predict(model: &Model, data: &Encoded) -> Result<(Vec<f32>, Option<Vec<f32>>, Vec<f32>)> {
+/// Logits for every impression of an encoded data set, in order.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    pub student: Vec<f32>,
+    /// `None` for the baseline.
+    pub teacher: Option<Vec<f32>>,
+    pub labels: Vec<f32>,
+}
+
+/// Student and teacher logits (evaluation mode) and labels for every impression of `data`.
+pub fn predict(model: &Model, data: &Encoded) -> Result<Predictions> {
     let mut student = Vec::with_capacity(data.impressions());
     let mut teacher = model
         .teacher
@@ -149,7 +162,11 @@ pub fn predict(model: &Model, data: &Encoded) -> Result<(Vec<f32>, Option<Vec<f3
             acc.extend(t.detach().to_vec1::<f32>()?);
         }
     }
-    Ok((student, teacher, data.labels.clone()))
+    Ok(Predictions {
+        student,
+        teacher,
+        labels: data.labels.clone(),
+    })
 }
 
 /// Trains `model` on `train` and evaluates on `test` after every epoch.
@@ -226,7 +243,7 @@ pub fn train(
             acc_n += 1;
             step += 1;
             bar.inc(1);
-            if step % cfg.log_every.max(1) == 0 || step == total {
+            if step.is_multiple_of(cfg.log_every.max(1)) || step == total {
                 let n = acc_n.max(1) as f64;
                 bar.set_message(format!("loss {:.4}", acc[0] / n));
                 log.push(LogRow {

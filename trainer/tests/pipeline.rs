@@ -325,7 +325,8 @@ fn parity_with_the_service() {
         .expect("the service loads and verifies the export");
 
     // User vectors and scores for every held-out request; AUC over all held-out impressions.
-    let (trainer_logits, _, labels) = predict(&model, &te).expect("predict");
+    let preds = predict(&model, &te).expect("predict");
+    let (trainer_logits, labels) = (preds.student, preds.labels);
     let mut service_scores = Vec::with_capacity(trainer_logits.len());
     let mut scratch = prerank::scoring::Scratch::default();
     let mut worst_u = 0f32;
