@@ -672,3 +672,44 @@ async fn shutdown_delay_keeps_accepting_with_readiness_503() {
         sent.elapsed()
     );
 }
+
+#[tokio::test]
+async fn beyond_max_inflight_requests_are_shed_at_once_with_retry_after() {
+    let _ = prerank::telemetry::prometheus_handle();
+    let (root, dir) = common::model_root(500, &[Dtype::F32]);
+    let registry = std::sync::Arc::new(Registry::new(root.path(), None, LoadOptions::default()));
+    prerank::server::load_all(&registry);
+    let limits = Limits {
+        max_inflight: 2,
+        ..Limits::default()
+    };
+    let state = AppState::new(registry, limits);
+    let permits = std::sync::Arc::clone(&state.inflight);
+    let app = router(state);
+    let ids = Reference::open(&dir).ids();
+    let body = json!({"user": {}, "candidates": [ids[0]], "k": 1});
+
+    // Both permits busy (as if two requests were computing): the next one is refused at once.
+    let held = permits.clone().try_acquire_many_owned(2).unwrap();
+    let t = Instant::now();
+    let (s, h, b) = call(&app, post_rank(&body, None)).await;
+    assert_eq!(s, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "shedding must not wait"
+    );
+    assert_eq!(h["retry-after"], "1");
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["error"]["code"], "overloaded");
+    let (_, _, m) = call(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("prerank_shed_requests_total{reason=\"overloaded\"}")),
+        "{m}"
+    );
+
+    // Capacity back: served again.
+    drop(held);
+    assert_eq!(call(&app, post_rank(&body, None)).await.0, 200);
+}

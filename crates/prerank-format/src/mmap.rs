@@ -143,3 +143,34 @@ pub fn prefetch(bytes: &[u8], offset: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (bytes, offset);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_load_modes_give_the_file_bytes_and_copy_is_immune_to_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mapped = load_file(&path, false, LoadMode::Mmap).unwrap();
+        let copied = load_file(&path, true, LoadMode::Copy).unwrap();
+        assert_eq!(&mapped[..], &bytes[..]);
+        assert_eq!(&copied[..], &bytes[..]);
+        drop(mapped); // reading a truncated map would SIGBUS; the copy is private memory
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(&copied[..], &bytes[..]);
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        assert!(load_file(&dir.path().join("empty"), false, LoadMode::Copy)
+            .unwrap()
+            .is_empty());
+        assert_eq!("copy".parse::<LoadMode>(), Ok(LoadMode::Copy));
+        assert!("mmapp".parse::<LoadMode>().is_err());
+    }
+}
