@@ -35,6 +35,10 @@ pub const SHED_REQUESTS_TOTAL: &str = "prerank_shed_requests_total";
 /// Bytes of snapshot files mapped (or copied, in `copy` load mode) per loaded model version; 0 once
 /// the version is no longer loaded.
 pub const MODEL_MAPPED_BYTES: &str = "prerank_model_mapped_bytes";
+/// Bytes of a loaded version's mapped files backed by huge pages (`AnonHugePages` + `FilePmdMapped`
+/// in /proc/self/smaps); coverage = this / mapped bytes. Linux, `mmap` load mode only (copies are
+/// anonymous memory, not attributable to a version).
+pub const MODEL_HUGE_PAGE_BYTES: &str = "prerank_model_huge_page_bytes";
 
 pub const STAGE_DECODE: &str = "decode";
 pub const STAGE_TOWER: &str = "tower";
@@ -152,6 +156,10 @@ fn describe() {
         "Ranking requests refused (overloaded) or cut short (timeout), by reason."
     );
     describe_gauge!(
+        MODEL_HUGE_PAGE_BYTES,
+        "Bytes of a loaded version's mapped files backed by huge pages (mmap load mode)."
+    );
+    describe_gauge!(
         MODEL_MAPPED_BYTES,
         "Bytes of snapshot files in memory per loaded version (0 once unloaded)."
     );
@@ -195,6 +203,37 @@ pub fn record_shed(reason: &'static str) {
 pub fn set_mapped_bytes(model: &str, version: u64, bytes: u64) {
     metrics::gauge!(MODEL_MAPPED_BYTES, "model" => model.to_string(), "version" => version.to_string())
         .set(bytes as f64);
+}
+
+pub fn set_huge_page_bytes(model: &str, version: u64, bytes: u64) {
+    metrics::gauge!(MODEL_HUGE_PAGE_BYTES, "model" => model.to_string(), "version" => version.to_string())
+        .set(bytes as f64);
+}
+
+/// Huge-page-backed bytes per mapped file of this process, from `/proc/self/smaps` (empty when it
+/// cannot be read, e.g. not Linux).
+pub fn huge_page_bytes_by_file() -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
+        return out;
+    };
+    let mut current: Option<std::path::PathBuf> = None;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if !first.ends_with(':') {
+            // A mapping header: range perms offset dev inode [path].
+            let path: Vec<&str> = fields.skip(4).collect();
+            current = (!path.is_empty() && path[0].starts_with('/'))
+                .then(|| std::path::PathBuf::from(path.join(" ")));
+            continue;
+        }
+        if let (Some(path), "AnonHugePages:" | "FilePmdMapped:") = (&current, first) {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *out.entry(path.clone()).or_insert(0) += kb * 1024;
+        }
+    }
+    out
 }
 
 pub fn record_admin(op: &'static str, status: u16) {

@@ -328,6 +328,7 @@ async fn metrics_exposition_has_every_family_and_passes_promtool() {
         "prerank_stage_duration_seconds_bucket{stage=\"encode\"",
         "prerank_in_flight_requests",
         "prerank_model_mapped_bytes{model=\"m\",version=\"1\"}",
+        "prerank_model_huge_page_bytes{model=\"m\",version=\"1\"}",
         "prerank_candidates_per_request",
         "prerank_unknown_candidates_total",
         "prerank_model_load_attempts_total{model=\"m\"}",

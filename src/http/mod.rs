@@ -630,13 +630,28 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Sets the mapped-bytes gauge of every loaded version, and back to 0 for versions no longer loaded.
+/// Sets the mapped-bytes and huge-page gauges of every loaded version, and back to 0 for versions
+/// no longer loaded.
 fn report_mapped_bytes(state: &AppState) {
     let live = state.registry.live_set();
+    let huge = telemetry::huge_page_bytes_by_file();
     let mut now = BTreeSet::new();
     for (name, m) in &live.models {
         for (version, snap) in &m.versions {
+            // smaps names files by their resolved absolute path; the root may be relative.
+            let path = &snap.info().path;
+            let dir = std::fs::canonicalize(path).unwrap_or_else(|_| {
+                std::env::current_dir()
+                    .map(|cwd| cwd.join(path))
+                    .unwrap_or_else(|_| path.clone())
+            });
+            let huge_bytes: u64 = huge
+                .iter()
+                .filter(|(file, _)| file.starts_with(&dir))
+                .map(|(_, b)| *b)
+                .sum();
             telemetry::set_mapped_bytes(name, *version, snap.info().mapped_bytes);
+            telemetry::set_huge_page_bytes(name, *version, huge_bytes);
             now.insert((name.clone(), *version));
         }
     }
@@ -646,6 +661,7 @@ fn report_mapped_bytes(state: &AppState) {
     };
     for (name, version) in reported.difference(&now) {
         telemetry::set_mapped_bytes(name, *version, 0);
+        telemetry::set_huge_page_bytes(name, *version, 0);
     }
     *reported = now;
 }
