@@ -121,14 +121,23 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (child, addr) = spawn_binary(
         root.path(),
         &log,
-        &["--request-timeout-ms", "0", "--drain-seconds", "60"],
+        &[
+            "--request-timeout-ms",
+            "0",
+            "--drain-seconds",
+            "60",
+            "--max-candidates",
+            "500000",
+            "--max-body-bytes",
+            "16777216",
+        ],
     );
     let mut child = Guard(child);
     let client = fresh_client();
     wait_ready_child(&client, addr, &mut child.0).await;
 
-    // Large requests (the maximum 200k candidates, every item ten times over) keep the server busy.
-    let candidates: Vec<u64> = ids.iter().copied().cycle().take(200_000).collect();
+    // Large requests (500k candidates, every item 25 times over) keep the server busy for a while.
+    let candidates: Vec<u64> = ids.iter().copied().cycle().take(500_000).collect();
     let body = json!({"user": {"id": 7}, "candidates": candidates, "k": 100}).to_string();
     let n = 6;
     let mut tasks = Vec::new();
