@@ -15,7 +15,7 @@ STORE=(--storage-driver vfs)
 
 echo "== static binary"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p prerank --target x86_64-unknown-linux-gnu
-BIN=target/x86_64-unknown-linux-gnu/release/prerank
+BIN=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/prerank
 file "$BIN" | grep -qE "static(-pie)? linked" || { echo "not a static binary: $(file "$BIN")"; exit 1; }
 
 SMALL=$(mktemp)
