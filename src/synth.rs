@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use prerank_format::features::{BehaviorSpec, FeatureKind, FeatureSet, FeatureSpec};
+use prerank_format::features::{BehaviorSpec, FeatureSet, FeatureSpec};
 use prerank_format::manifest::{Architecture, GoldenCheck, GoldenItem, ARCH_KIND};
 use prerank_format::{write_snapshot, Dtype, Manifest, SnapshotParts, Tensor};
 use rand::seq::SliceRandom;
@@ -50,49 +50,31 @@ impl Default for SynthConfig {
     }
 }
 
-fn hashed(name: &str, buckets: u64, dim: usize) -> FeatureSpec {
-    FeatureSpec {
-        name: name.into(),
-        kind: FeatureKind::Hashed { buckets },
-        dim,
-    }
-}
-
-fn bucketized(name: &str, boundaries: &[f64], dim: usize) -> FeatureSpec {
-    FeatureSpec {
-        name: name.into(),
-        kind: FeatureKind::Bucketized {
-            boundaries: boundaries.to_vec(),
-        },
-        dim,
-    }
-}
-
 /// The feature set of the synthetic (and default) student: paper-shaped, sized for a small repo.
 pub fn default_features(items: usize, categories: u64) -> FeatureSet {
     FeatureSet {
         user: vec![
-            hashed("user_id", 10_000, 16),
-            bucketized("age", &[18.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0], 4),
-            hashed("gender", 3, 4),
-            hashed("city_tier", 6, 4),
+            FeatureSpec::hashed("user_id", 10_000, 16),
+            FeatureSpec::bucketized("age", &[18.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0], 4),
+            FeatureSpec::hashed("gender", 3, 4),
+            FeatureSpec::hashed("city_tier", 6, 4),
         ],
         behavior: BehaviorSpec {
             max_len: 50,
             item: vec![
-                hashed("item_id", (items as u64).clamp(16, 20_000), 24),
-                hashed("category", categories.max(1) * 2, 12),
-                hashed("shop", 2_000, 12),
-                hashed("brand", 1_000, 8),
+                FeatureSpec::hashed("item_id", (items as u64).clamp(16, 20_000), 24),
+                FeatureSpec::hashed("category", categories.max(1) * 2, 12),
+                FeatureSpec::hashed("shop", 2_000, 12),
+                FeatureSpec::hashed("brand", 1_000, 8),
             ],
             extras: vec![
-                hashed("action", 8, 4),
-                bucketized(
+                FeatureSpec::hashed("action", 8, 4),
+                FeatureSpec::bucketized(
                     "seconds_ago",
                     &[60.0, 600.0, 3_600.0, 21_600.0, 86_400.0, 604_800.0],
                     2,
                 ),
-                bucketized("dwell_seconds", &[2.0, 5.0, 15.0, 60.0, 180.0], 2),
+                FeatureSpec::bucketized("dwell_seconds", &[2.0, 5.0, 15.0, 60.0, 180.0], 2),
             ],
         },
     }

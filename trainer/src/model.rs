@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use prerank_format::features::{FeatureKind, FeatureSet, FeatureSpec};
+use prerank_format::features::{FeatureSet, FeatureSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -103,24 +103,6 @@ pub struct ModelConfig {
     pub bn_eps: f64,
 }
 
-fn hashed(name: &str, buckets: u64, dim: usize) -> FeatureSpec {
-    FeatureSpec {
-        name: name.into(),
-        kind: FeatureKind::Hashed { buckets },
-        dim,
-    }
-}
-
-fn bucketized(name: &str, boundaries: &[f64], dim: usize) -> FeatureSpec {
-    FeatureSpec {
-        name: name.into(),
-        kind: FeatureKind::Bucketized {
-            boundaries: boundaries.to_vec(),
-        },
-        dim,
-    }
-}
-
 impl ModelConfig {
     /// The configuration used for Table 2 and the bundled model (d_model 64, towers 256-128-128).
     pub fn standard(max_len: usize) -> Self {
@@ -166,31 +148,31 @@ impl ModelConfig {
         let [user_b, item_b, cat_b, shop_b, brand_b] = buckets;
         let features = FeatureSet {
             user: vec![
-                hashed("user_id", user_b, user_dims[0]),
-                bucketized(
+                FeatureSpec::hashed("user_id", user_b, user_dims[0]),
+                FeatureSpec::bucketized(
                     "age",
                     &[18.0, 25.0, 30.0, 35.0, 40.0, 50.0, 60.0],
                     user_dims[1],
                 ),
-                hashed("gender", 4, user_dims[2]),
-                hashed("purchase_level", 8, user_dims[3]),
+                FeatureSpec::hashed("gender", 4, user_dims[2]),
+                FeatureSpec::hashed("purchase_level", 8, user_dims[3]),
             ],
             behavior: prerank_format::features::BehaviorSpec {
                 max_len,
                 item: vec![
-                    hashed("item_id", item_b, token_dims[0]),
-                    hashed("category", cat_b, token_dims[1]),
-                    hashed("shop", shop_b, token_dims[2]),
-                    hashed("brand", brand_b, token_dims[3]),
+                    FeatureSpec::hashed("item_id", item_b, token_dims[0]),
+                    FeatureSpec::hashed("category", cat_b, token_dims[1]),
+                    FeatureSpec::hashed("shop", shop_b, token_dims[2]),
+                    FeatureSpec::hashed("brand", brand_b, token_dims[3]),
                 ],
                 extras: vec![
-                    hashed("action", 8, token_dims[4]),
-                    bucketized(
+                    FeatureSpec::hashed("action", 8, token_dims[4]),
+                    FeatureSpec::bucketized(
                         "seconds_ago",
                         &[300.0, 3_600.0, 21_600.0, 86_400.0, 259_200.0, 604_800.0],
                         token_dims[5],
                     ),
-                    bucketized(
+                    FeatureSpec::bucketized(
                         "dwell_seconds",
                         &[5.0, 15.0, 30.0, 60.0, 120.0],
                         token_dims[6],
@@ -201,7 +183,7 @@ impl ModelConfig {
         let counts = [1.0, 2.0, 3.0, 5.0, 8.0];
         let privileged = crate::logs::PRIVILEGED
             .iter()
-            .map(|n| bucketized(n, &counts, priv_dim))
+            .map(|n| FeatureSpec::bucketized(n, &counts, priv_dim))
             .collect();
         ModelConfig {
             features,

@@ -63,6 +63,26 @@ pub enum FeatureValueError {
 }
 
 impl FeatureSpec {
+    /// A `hashed` (categorical) feature.
+    pub fn hashed(name: &str, buckets: u64, dim: usize) -> FeatureSpec {
+        FeatureSpec {
+            name: name.into(),
+            kind: FeatureKind::Hashed { buckets },
+            dim,
+        }
+    }
+
+    /// A `bucketized` (discretised numeric) feature.
+    pub fn bucketized(name: &str, boundaries: &[f64], dim: usize) -> FeatureSpec {
+        FeatureSpec {
+            name: name.into(),
+            kind: FeatureKind::Bucketized {
+                boundaries: boundaries.to_vec(),
+            },
+            dim,
+        }
+    }
+
     /// Rows of the embedding table, including the missing row 0.
     pub fn rows(&self) -> usize {
         match &self.kind {
