@@ -155,16 +155,17 @@ async fn shutdown_signal() {
 }
 
 fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
+    // Structure only: the summary reports the full verification separately, below.
+    let files = prerank_format::SnapshotFiles::open(
+        dir,
+        &prerank_format::OpenOptions {
+            verify_checksums: false,
+            verify_contents: false,
+            huge_pages: false,
+            load_mode: prerank_format::reader::LoadMode::Mmap,
+        },
+    )?;
     if ids {
-        let files = prerank_format::SnapshotFiles::open(
-            dir,
-            &prerank_format::OpenOptions {
-                verify_checksums: false,
-                verify_contents: false,
-                huge_pages: false,
-                load_mode: prerank_format::reader::LoadMode::Mmap,
-            },
-        )?;
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let written = files
@@ -180,15 +181,6 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
         };
     }
     let checked = Snapshot::load(dir, &LoadOptions::default());
-    let files = prerank_format::SnapshotFiles::open(
-        dir,
-        &prerank_format::OpenOptions {
-            verify_checksums: false,
-            verify_contents: false,
-            huge_pages: false,
-            load_mode: prerank_format::reader::LoadMode::Mmap,
-        },
-    )?;
     let m = &files.manifest;
     use std::fmt::Write as _;
     let mut out = String::new();
