@@ -35,25 +35,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-OHA="${OHA:-$(command -v oha || true)}"
-if [[ -z "$OHA" ]]; then
-  cat >&2 <<'EOF'
-oha is not on PATH. Install it with:
-    cargo install oha --locked
-(or set OHA=/path/to/oha), then run this script again.
-EOF
-  exit 2
-fi
-command -v python3 >/dev/null || { echo "python3 is needed for the report" >&2; exit 2; }
-
-cd "$(dirname "$0")/.."
-if [[ -n "${PRERANK_BIN:-}" ]]; then
-  BIN="$PRERANK_BIN"
-else
-  echo "== building the release binary"
-  cargo build --release --bin prerank
-  BIN="${CARGO_TARGET_DIR:-target}/release/prerank"
-fi
+# shellcheck source=loadtest/common.sh
+source "$(dirname "$0")/common.sh"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/prerank-swap.XXXXXX")"
 SERVER_PID=""
