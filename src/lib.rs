@@ -11,6 +11,8 @@
 //! - [`api`]: the JSON wire types (plain serde data), shared by HTTP, golden checks and load tests.
 //! - [`model`]: the student user tower in ndarray (pure, sync, no I/O).
 //! - [`scoring`]: id lookup, SIMD dot products per dtype, top-k (pure, sync).
+//! - [`parallel`]: one large request split across a small scoring pool when cores are idle
+//!   (adaptive; identical results to the sequential path).
 //! - [`snapshot`]: a loaded, verified snapshot (golden checks replayed) and its `rank` entry point.
 //! - [`buckets`]: A/B bucket plan: salted-hash assignment of users, overrides, container pin (pure).
 //! - [`registry`]: the model repository (version policies, completeness, verified loading and warm-up)
@@ -29,6 +31,7 @@ pub mod api;
 pub mod buckets;
 pub mod http;
 pub mod model;
+pub mod parallel;
 pub mod publish;
 pub mod registry;
 pub mod scoring;

@@ -2,25 +2,38 @@
 //!
 //! Pure and synchronous. For each candidate id: find its row in the id index (skip and count unknown
 //! ids, score repeated ids once), compute `tau * <u, v_row>` directly on the stored f32 / f16 / int8
-//! row, and keep the k best by partial selection (`select_nth_unstable`), ordered by descending score
-//! and then ascending item id, so the result is deterministic.
+//! row, and keep the k best, ordered by descending score and then ascending item id, so the result is
+//! deterministic (bit for bit: the same row always gets the same score, whichever path scored it).
 //!
 //! Two kernels compute the dot products: [`dot_scalar`], the obviously-correct reference, and
 //! [`dot_fast`], written for the auto-vectoriser with several independent accumulators and compiled
 //! in several versions by `multiversion` (AVX2+FMA, AVX-512, baseline) with run-time dispatch, so a
 //! portable build still uses the host's widest SIMD. The two are property-tested against each other.
-//! Per-request buffers live in a [`Scratch`] that callers reuse across requests.
+//! On the request path the dispatch happens once per call, not once per row: [`score_rows`] is one
+//! multiversioned loop per dtype with the dot product inlined into it.
 //!
 //! Memory, not arithmetic, bounds this code: each candidate costs a random read in the id table and
-//! one in the item file. [`rank`] therefore works in two passes, each issuing software prefetches a
-//! fixed distance ahead so that many cache misses are in flight at once: pass 1 resolves ids to rows
-//! (prefetching the table slot of candidate `i + LOOKUP_AHEAD`), pass 2 scores the rows (prefetching
-//! every cache line of row `j + ROWS_AHEAD`).
+//! one in the item file. [`rank`] therefore works in two passes, each issuing software prefetches
+//! ahead so that many cache misses are in flight at once: pass 1 resolves ids to rows (prefetching
+//! the table slot of candidate `i + LOOKUP_AHEAD`), pass 2 scores the rows (prefetching every cache
+//! line of the row [`rows_ahead`] rows further, a distance that keeps about the same number of lines
+//! in flight for every dtype).
+//!
+//! Top-k is a threshold filter over a bounded buffer: a score below the k-th best seen so far cannot
+//! enter the result and is dropped at once, so after the first few thousand candidates almost every
+//! candidate costs one comparison; the buffer is shrunk to k by `select_nth_unstable_by` whenever it
+//! reaches `4k`. Per-request buffers live in a [`Scratch`] that callers reuse across requests, so a
+//! warm call allocates only its result.
+//!
+//! [`crate::parallel`] splits one large request across a thread pool with the same building blocks
+//! ([`resolve`], [`score_rows`], [`TopK`]) and merges to the identical result.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use multiversion::multiversion;
 use prerank_format::index::{lookup, mix64, IdIndex};
 use prerank_format::mmap::prefetch;
-use prerank_format::vectors::{ItemVectors, RowRef};
+use prerank_format::vectors::{Dtype, ItemVectors, RowRef};
 
 /// One scored item.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,17 +57,88 @@ pub const UNKNOWN_SAMPLE: usize = 100;
 /// Reusable buffers, one per worker thread: no allocation per request once warm.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    scored: Vec<Scored>,
+    /// Top-k candidates buffer (at most `4k` entries, see [`TopK`]).
+    pub(crate) top: Vec<Scored>,
     /// Resolved (row, item id) of the known, distinct candidates, in request order.
-    hits: Vec<(u32, u64)>,
+    pub(crate) hits: Vec<(u32, u64)>,
     /// One bit per item row, to detect repeated candidates; cleared after each call.
     seen: Vec<u64>,
+    /// A parallel chunk's top-k survivors, read by the merge ([`crate::parallel`]).
+    pub(crate) survivors: Vec<Scored>,
 }
 
 /// How many candidates ahead pass 1 prefetches id-table slots.
 const LOOKUP_AHEAD: usize = 16;
-/// How many rows ahead pass 2 prefetches item rows.
-const ROWS_AHEAD: usize = 8;
+
+/// Cache lines of item rows pass 2 keeps requested ahead of the row being scored (per dtype the
+/// distance in rows is this divided by the row's lines; see [`rows_ahead`]).
+const LINES_AHEAD: usize = 48;
+
+/// How many rows ahead pass 2 prefetches rows of `dtype` at dimension `dim` (also used by the
+/// benchmarks' read floor, so that both issue the same prefetches).
+pub fn rows_ahead(dtype: Dtype, dim: usize) -> usize {
+    let lines = dtype.payload_bytes(dim).div_ceil(64).max(1);
+    (LINES_AHEAD / lines).clamp(4, 24)
+}
+
+/// Set of rows already seen in this request: a plain bitset (one thread) or an atomic one shared by
+/// the chunks of a parallel request.
+pub(crate) trait SeenRows {
+    /// Marks `row`; true if it was not marked before.
+    fn insert(&mut self, row: u32) -> bool;
+}
+
+impl SeenRows for &mut [u64] {
+    #[inline(always)]
+    fn insert(&mut self, row: u32) -> bool {
+        let (w, bit) = (row as usize / 64, 1u64 << (row % 64));
+        let fresh = self[w] & bit == 0;
+        self[w] |= bit;
+        fresh
+    }
+}
+
+impl SeenRows for &[AtomicU64] {
+    #[inline(always)]
+    fn insert(&mut self, row: u32) -> bool {
+        let (w, bit) = (row as usize / 64, 1u64 << (row % 64));
+        // Relaxed is enough: only the bit's own atomicity matters (exactly one chunk sees it fresh).
+        self[w].fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+}
+
+/// Pass 1: resolves `candidates` to rows in `hits` (request order), dropping unknown ids (counted,
+/// the first [`UNKNOWN_SAMPLE`] kept) and rows already in `seen` (counted as duplicates).
+pub(crate) fn resolve<I: AsRef<[u8]>>(
+    index: &IdIndex<I>,
+    candidates: &[u64],
+    mut seen: impl SeenRows,
+    hits: &mut Vec<(u32, u64)>,
+    stats: &mut RankStats,
+) {
+    let table = index.table();
+    let table_bytes: &[u8] = bytemuck::cast_slice(table);
+    let mask = index.mask();
+    let slot = std::mem::size_of::<prerank_format::index::Slot>();
+    hits.reserve(candidates.len());
+    for (i, &id) in candidates.iter().enumerate() {
+        if let Some(&ahead) = candidates.get(i + LOOKUP_AHEAD) {
+            prefetch(table_bytes, (mix64(ahead) as usize & mask) * slot);
+        }
+        let Some(row) = lookup(table, mask, id) else {
+            stats.unknown += 1;
+            if stats.unknown_sample.len() < UNKNOWN_SAMPLE {
+                stats.unknown_sample.push(id);
+            }
+            continue;
+        };
+        if seen.insert(row) {
+            hits.push((row, id));
+        } else {
+            stats.duplicates += 1;
+        }
+    }
+}
 
 /// Reference dot product (sequential f64 accumulation).
 pub fn dot_scalar(u: &[f32], row: RowRef<'_>) -> f32 {
@@ -80,7 +164,8 @@ pub fn dot_scalar(u: &[f32], row: RowRef<'_>) -> f32 {
     }
 }
 
-/// Fast dot product on the stored type (no per-row decode buffer).
+/// Fast dot product on the stored type (no per-row decode buffer). Bit-identical to what
+/// [`score_rows`] computes for the same row.
 #[inline]
 pub fn dot_fast(u: &[f32], row: RowRef<'_>) -> f32 {
     match row {
@@ -102,29 +187,12 @@ fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(magnitude.to_bits() | (u32::from(h & 0x8000) << 16))
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
-fn dot_f16(a: &[f32], h: &[u16]) -> f32 {
-    let n = a.len().min(h.len());
-    let (a, h) = (&a[..n], &h[..n]);
-    let mut acc = [0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut ch = h.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut ch) {
-        for l in 0..LANES {
-            acc[l] += x[l] * f16_bits_to_f32(y[l]);
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(ch.remainder()) {
-        tail += x * f16_bits_to_f32(*y);
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 const LANES: usize = 16;
 
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+/// The dot-product bodies, generic over the element conversion; always inlined into a
+/// multiversioned caller so they are compiled for its target features.
+#[inline(always)]
+fn dot_body<T: Copy>(a: &[f32], b: &[T], conv: impl Fn(T) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -132,39 +200,181 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * conv(y[l]);
         }
     }
     let mut tail = 0f32;
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
+        tail += x * conv(*y);
     }
     acc.iter().sum::<f32>() + tail
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
+fn dot_f16(a: &[f32], h: &[u16]) -> f32 {
+    dot_body(a, h, f16_bits_to_f32)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b, |x| x)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
 fn dot_i8(a: &[f32], q: &[i8]) -> f32 {
-    let n = a.len().min(q.len());
-    let (a, q) = (&a[..n], &q[..n]);
-    let mut acc = [0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cq = q.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cq) {
-        for l in 0..LANES {
-            acc[l] += x[l] * f32::from(y[l]);
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cq.remainder()) {
-        tail += x * f32::from(*y);
-    }
-    acc.iter().sum::<f32>() + tail
+    dot_body(a, q, f32::from)
 }
 
 /// Descending score, then ascending id: the documented result order.
 #[inline]
-fn better(a: &Scored, b: &Scored) -> std::cmp::Ordering {
+pub(crate) fn better(a: &Scored, b: &Scored) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then(a.item_id.cmp(&b.item_id))
+}
+
+/// Bounded top-k buffer with a threshold filter (module doc). Holds a superset of the k best pushed
+/// so far; [`TopK::finish`] orders them.
+#[derive(Debug)]
+pub(crate) struct TopK<'a> {
+    buf: &'a mut Vec<Scored>,
+    k: usize,
+    /// The k-th best score after the last shrink; anything strictly below it is dropped.
+    threshold: f32,
+}
+
+impl<'a> TopK<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<Scored>, k: usize) -> Self {
+        buf.clear();
+        TopK {
+            buf,
+            k,
+            threshold: f32::NEG_INFINITY,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        (4 * self.k).max(1024)
+    }
+
+    #[inline(always)]
+    pub(crate) fn push(&mut self, s: Scored) {
+        // `!(a < b)` keeps NaN scores too, exactly as a full sort with `total_cmp` would rank them.
+        if !(s.score < self.threshold) {
+            self.buf.push(s);
+            if self.buf.len() >= self.capacity() {
+                self.shrink();
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        if self.k == 0 {
+            self.buf.clear();
+            self.threshold = f32::INFINITY;
+            return;
+        }
+        if self.buf.len() > self.k {
+            self.buf.select_nth_unstable_by(self.k - 1, better);
+            self.buf.truncate(self.k);
+            // Every kept score is >= the k-th one; ties stay (they may win on the id).
+            self.threshold = self.buf[self.k - 1].score;
+            if self.threshold.is_nan() {
+                self.threshold = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// The k best, ordered (descending score, then ascending id).
+    pub(crate) fn finish(mut self) -> Vec<Scored> {
+        self.shrink();
+        let k = self.k.min(self.buf.len());
+        let top = &mut self.buf[..k];
+        top.sort_unstable_by(better);
+        top.to_vec()
+    }
+
+    /// Appends the unordered survivors (at most k after a shrink) to `out`.
+    pub(crate) fn drain_into(mut self, out: &mut Vec<Scored>) {
+        self.shrink();
+        out.extend_from_slice(self.buf);
+    }
+}
+
+/// Pass 2 for one dtype: scores `hits` (rows of `body`, `stride` bytes apart) and pushes
+/// `tau * dot` into `top`, prefetching `ahead` rows ahead. Multiversioned once per call.
+macro_rules! score_loop {
+    ($name:ident, $elem:ty, $conv:expr, $int8:expr) => {
+        #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
+        fn $name<'t>(
+            u: &[f32],
+            tau: f32,
+            body: &[u8],
+            stride: usize,
+            payload: usize,
+            ahead: usize,
+            hits: &[(u32, u64)],
+            top: &mut TopK<'t>,
+        ) {
+            let dim = u.len();
+            let elem = std::mem::size_of::<$elem>();
+            for (j, &(row, id)) in hits.iter().enumerate() {
+                if let Some(&(next, _)) = hits.get(j + ahead) {
+                    let base = next as usize * stride;
+                    let mut line = 0;
+                    while line < payload {
+                        prefetch(body, base + line);
+                        line += 64;
+                    }
+                }
+                let base = row as usize * stride;
+                let raw = &body[base..base + payload];
+                let values: &[$elem] = bytemuck::cast_slice(&raw[..dim * elem]);
+                let mut dot = dot_body(u, values, $conv);
+                if $int8 {
+                    let at = dim.div_ceil(4) * 4;
+                    dot *= f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+                }
+                top.push(Scored {
+                    item_id: id,
+                    score: tau * dot,
+                });
+            }
+        }
+    };
+}
+
+score_loop!(score_f32, f32, |x| x, false);
+score_loop!(score_f16, u16, f16_bits_to_f32, false);
+score_loop!(score_i8, i8, f32::from, true);
+
+/// Pass 2: scores the resolved `hits` into `top` with [`dot_fast`]'s arithmetic (`fast`) or
+/// [`dot_scalar`]'s.
+pub(crate) fn score_rows<V: AsRef<[u8]>>(
+    u: &[f32],
+    tau: f32,
+    vectors: &ItemVectors<V>,
+    hits: &[(u32, u64)],
+    top: &mut TopK<'_>,
+    fast: bool,
+) {
+    let body = vectors.body();
+    let stride = vectors.row_stride();
+    let dtype = vectors.dtype();
+    let payload = dtype.payload_bytes(vectors.dim());
+    let ahead = rows_ahead(dtype, vectors.dim());
+    if !fast {
+        for &(row, id) in hits {
+            top.push(Scored {
+                item_id: id,
+                score: tau * dot_scalar(u, vectors.row(row as usize)),
+            });
+        }
+        return;
+    }
+    match dtype {
+        Dtype::F32 => score_f32(u, tau, body, stride, payload, ahead, hits, top),
+        Dtype::F16 => score_f16(u, tau, body, stride, payload, ahead, hits, top),
+        Dtype::Int8 => score_i8(u, tau, body, stride, payload, ahead, hits, top),
+    }
 }
 
 /// Scores `candidates` against `vectors` and returns the top `k` (fewer if fewer are known).
@@ -186,77 +396,28 @@ pub fn rank<V: AsRef<[u8]>, I: AsRef<[u8]>>(
     if scratch.seen.len() < words {
         scratch.seen.resize(words, 0);
     }
-    scratch.scored.clear();
     scratch.hits.clear();
 
-    // Pass 1: ids -> rows, dropping unknown and repeated ids.
-    let table = index.table();
-    let table_bytes: &[u8] = bytemuck::cast_slice(table);
-    let mask = index.mask();
-    for (i, &id) in candidates.iter().enumerate() {
-        if let Some(&ahead) = candidates.get(i + LOOKUP_AHEAD) {
-            prefetch(
-                table_bytes,
-                (mix64(ahead) as usize & mask) * std::mem::size_of_val(&table[0]),
-            );
-        }
-        let Some(row) = lookup(table, mask, id) else {
-            stats.unknown += 1;
-            if stats.unknown_sample.len() < UNKNOWN_SAMPLE {
-                stats.unknown_sample.push(id);
-            }
-            continue;
-        };
-        let (w, bit) = (row as usize / 64, 1u64 << (row % 64));
-        if scratch.seen[w] & bit != 0 {
-            stats.duplicates += 1;
-            continue;
-        }
-        scratch.seen[w] |= bit;
-        scratch.hits.push((row, id));
-    }
+    resolve(
+        index,
+        candidates,
+        &mut scratch.seen[..],
+        &mut scratch.hits,
+        &mut stats,
+    );
     for &(row, _) in &scratch.hits {
         scratch.seen[row as usize / 64] = 0;
     }
-
-    // Pass 2: score the rows.
-    let body = vectors.body();
-    let stride = vectors.row_stride();
-    let payload = vectors.dtype().payload_bytes(vectors.dim());
-    scratch.scored.reserve(scratch.hits.len());
-    for (j, &(row, id)) in scratch.hits.iter().enumerate() {
-        if let Some(&(ahead, _)) = scratch.hits.get(j + ROWS_AHEAD) {
-            let base = ahead as usize * stride;
-            for line in (0..payload).step_by(64) {
-                prefetch(body, base + line);
-            }
-        }
-        let r = vectors.row(row as usize);
-        let dot = if fast {
-            dot_fast(u, r)
-        } else {
-            dot_scalar(u, r)
-        };
-        scratch.scored.push(Scored {
-            item_id: id,
-            score: tau * dot,
-        });
-    }
-    let scored = &mut scratch.scored;
-    let k = k.min(scored.len());
-    if k == 0 {
+    if k == 0 || scratch.hits.is_empty() {
         return (Vec::new(), stats);
     }
-    if k < scored.len() {
-        scored.select_nth_unstable_by(k - 1, better);
-    }
-    let mut top = scored[..k].to_vec();
-    top.sort_unstable_by(better);
-    (top, stats)
+    let mut top = TopK::new(&mut scratch.top, k);
+    score_rows(u, tau, vectors, &scratch.hits, &mut top, fast);
+    (top.finish(), stats)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use prerank_format::vectors::{encode, Dtype};
     use proptest::prelude::*;
@@ -284,6 +445,39 @@ mod tests {
                     prop_assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()) * (dim as f32).sqrt(), "{dtype}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The threshold-filtered top-k equals a full sort of every distinct known candidate.
+        #[test]
+        fn topk_equals_full_sort(seed in any::<u64>(), n in 0usize..6_000, k in 0usize..2_500, levels in 1u32..50) {
+            let dim = 8;
+            let items = 3_000usize;
+            let mut v = Vec::with_capacity(items * dim);
+            for i in 0..items {
+                let c = (mix64(i as u64) % u64::from(levels)) as usize;
+                let mut r: Vec<f32> = (0..dim).map(|d| ((c * 5 + d * 3) % 11) as f32 - 5.0).collect();
+                unit(&mut r, dim);
+                v.extend_from_slice(&r);
+            }
+            let ids: Vec<u64> = (0..items as u64).map(|i| 7 + i * 2).collect();
+            let vecs = ItemVectors::parse(encode(Dtype::F32, dim, &v), "v").unwrap();
+            let idx = IdIndex::parse(aligned(&prerank_format::index::encode(&ids).unwrap()), "i").unwrap();
+            let mut r = seed;
+            let cands: Vec<u64> = (0..n).map(|_| { r = mix64(r.wrapping_add(1)); if r % 9 == 0 { r % 5 } else { ids[(r >> 9) as usize % items] } }).collect();
+            let u: Vec<f32> = (0..dim).map(|d| (d as f32 - 3.0) / 4.0).collect();
+            let (top, stats) = rank(&u, 2.0, &vecs, &idx, &cands, k, &mut Scratch::default(), true);
+            let mut seen = std::collections::HashSet::new();
+            let mut all: Vec<Scored> = cands.iter().filter_map(|&id| {
+                let row = ids.iter().position(|&x| x == id)?;
+                seen.insert(id).then(|| Scored { item_id: id, score: 2.0 * dot_fast(&u, vecs.row(row)) })
+            }).collect();
+            all.sort_by(better);
+            all.truncate(k);
+            prop_assert_eq!(top, all);
+            prop_assert_eq!(stats.unknown, cands.iter().filter(|&&id| id < 7).count());
         }
     }
 
