@@ -13,6 +13,7 @@
 //! - [`scoring`]: id lookup, SIMD dot products per dtype, top-k (pure, sync).
 //! - [`parallel`]: one large request split across a small scoring pool when cores are idle
 //!   (adaptive; identical results to the sequential path).
+//! - [`hugepages`]: THP mode and per-file resident / huge-page bytes from `/proc/self/smaps`.
 //! - [`snapshot`]: a loaded, verified snapshot (golden checks replayed) and its `rank` entry point.
 //! - [`buckets`]: A/B bucket plan: salted-hash assignment of users, overrides, container pin (pure).
 //! - [`registry`]: the model repository (version policies, completeness, verified loading and warm-up)
@@ -30,6 +31,7 @@
 pub mod api;
 pub mod buckets;
 pub mod http;
+pub mod hugepages;
 pub mod model;
 pub mod parallel;
 pub mod publish;

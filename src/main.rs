@@ -163,6 +163,7 @@ fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
             verify_contents: false,
             huge_pages: false,
             load_mode: prerank_format::reader::LoadMode::Mmap,
+            ..Default::default()
         },
     )?;
     if ids {

@@ -27,6 +27,7 @@ use crate::api::{parse_json, RankRequest};
 use crate::buckets::Buckets;
 pub use crate::http::Secret;
 use crate::http::{admin_router, router, serve, AdminState, AppState, ConnLimits, Limits};
+use crate::parallel::ScoringPool;
 use crate::registry::Registry;
 use crate::snapshot::LoadOptions;
 use crate::watch::{self, DiscoveryConfig};
@@ -115,6 +116,26 @@ pub struct ServeConfig {
     /// Do not ask for transparent huge pages on item files.
     #[arg(long, env = "PRERANK_NO_HUGE_PAGES")]
     pub no_huge_pages: bool,
+    /// When the item files (vectors, id index, attributes) are checksummed and scanned: `full`
+    /// (before the version serves) or `deferred` (in the background once it serves; the manifest,
+    /// weights, sizes and headers are still checked first). docs/operations.md has the trade-off.
+    #[arg(long, env = "PRERANK_VERIFY", default_value = "full")]
+    pub verify: VerifyMode,
+    /// Fault the served snapshot files into memory before a version goes live (no page faults on
+    /// the request path; costs the files' size in resident memory and a full read at load).
+    #[arg(long, env = "PRERANK_PREFAULT")]
+    pub prefault: bool,
+    /// Threads of the scoring pool that splits one large request when cores are idle (0: never
+    /// split; default: the number of CPUs).
+    #[arg(long, env = "PRERANK_SCORING_THREADS")]
+    pub scoring_threads: Option<usize>,
+    /// Smallest request (candidates) that may be split across the scoring pool.
+    #[arg(
+        long,
+        env = "PRERANK_PARALLEL_MIN_CANDIDATES",
+        default_value_t = 20_000
+    )]
+    pub parallel_min_candidates: usize,
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "PRERANK_LOG_JSON")]
     pub log_json: bool,
@@ -148,6 +169,10 @@ impl ServeConfig {
             admin_token: None,
             admin_token_file: None,
             no_huge_pages: false,
+            verify: VerifyMode::Full,
+            prefault: false,
+            scoring_threads: Some(0),
+            parallel_min_candidates: 20_000,
             load_mode: LoadMode::Mmap,
             log_json: false,
         }
@@ -177,7 +202,23 @@ impl ServeConfig {
             huge_pages: !self.no_huge_pages,
             golden: true,
             load_mode: self.load_mode,
+            defer_item_verification: self.verify == VerifyMode::Deferred,
+            prefault: self.prefault,
         }
+    }
+
+    /// The scoring pool `--scoring-threads` asks for (`None`: sequential scoring).
+    pub fn scoring_pool(&self) -> anyhow::Result<Option<Arc<ScoringPool>>> {
+        let threads = self.scoring_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if threads == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(
+            ScoringPool::new(threads, self.parallel_min_candidates)
+                .context("cannot start the scoring pool")?,
+        )))
     }
 
     /// The bucket plan: the config file (if any), pinned to `--bucket` (if set).
@@ -197,6 +238,28 @@ impl ServeConfig {
             watch: !self.no_watch,
             poll: (self.poll_seconds > 0).then(|| Duration::from_secs(self.poll_seconds)),
             debounce: Duration::from_millis(200),
+        }
+    }
+}
+
+/// When item files are verified (`--verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Before the version serves.
+    Full,
+    /// In the background once it serves.
+    Deferred,
+}
+
+impl std::str::FromStr for VerifyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(VerifyMode::Full),
+            "deferred" => Ok(VerifyMode::Deferred),
+            other => Err(format!(
+                "unknown verify mode {other:?} (expected full or deferred)"
+            )),
         }
     }
 }
@@ -253,6 +316,16 @@ pub async fn run_with_admin(
         (None, _) => None,
     };
     let buckets = Arc::new(config.load_buckets()?);
+    let pool = config.scoring_pool()?;
+    if let Some(p) = &pool {
+        tracing::info!(
+            threads = p.threads(),
+            min_candidates = p.min_candidates(),
+            "scoring pool: large requests split across idle cores"
+        );
+    }
+    crate::parallel::set_global(pool);
+    tracing::info!(thp = %crate::hugepages::thp_mode(), huge_pages = !config.no_huge_pages, load_mode = %config.load_mode, prefault = config.prefault, verify = ?config.verify, "memory settings");
     let warmup_request = match &config.warmup_request {
         Some(p) => {
             let text = std::fs::read(p)

@@ -14,8 +14,9 @@ use prerank_format::{Dtype, FormatError, Manifest};
 use serde::Serialize;
 
 use crate::api::RankRequest;
+use crate::hugepages;
 use crate::model::{ModelError, TowerData, TowerLayout, UserInput};
-use crate::scoring::{self, RankStats, Scored, Scratch};
+use crate::scoring::{RankStats, Scored, Scratch};
 
 /// Why a snapshot could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,12 @@ pub struct LoadOptions {
     pub golden: bool,
     /// Memory-map the files or copy them into private memory (`--load-mode`; docs/operations.md).
     pub load_mode: LoadMode,
+    /// With `verify`: check the item files (vectors, index, attributes) in a background thread after
+    /// the load instead of before it (`--verify deferred`; docs/operations.md). The manifest, the
+    /// weights and every file's size and header are still checked before serving.
+    pub defer_item_verification: bool,
+    /// Fault the served files into memory before the snapshot is returned (`--prefault`).
+    pub prefault: bool,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +60,8 @@ impl Default for LoadOptions {
             huge_pages: true,
             golden: true,
             load_mode: LoadMode::Mmap,
+            defer_item_verification: false,
+            prefault: false,
         }
     }
 }
@@ -107,8 +116,12 @@ impl Snapshot {
                 verify_contents: opts.verify,
                 huge_pages: opts.huge_pages,
                 load_mode: opts.load_mode,
+                defer_item_files: opts.verify && opts.defer_item_verification,
+                prefault: opts.prefault,
+                serve_dtype: opts.dtype,
             },
         )?;
+        let opened_ms = started.elapsed().as_millis() as u64;
         let layout = TowerLayout::new(&files.manifest, &files.weights)?;
         let serving = match opts.dtype {
             None => 0,
@@ -157,7 +170,50 @@ impl Snapshot {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
+        snap.log_memory(opened_ms, opts);
+        if opts.verify && opts.defer_item_verification {
+            spawn_deferred_verification(dir.to_path_buf(), snap.info.model.clone());
+        }
         Ok(snap)
+    }
+
+    /// Per mapped file: bytes mapped, resident and backed by huge pages (module [`crate::hugepages`]).
+    pub fn memory_usage(&self) -> Vec<hugepages::FileUsage> {
+        hugepages::usage(&self.files.maps)
+    }
+
+    /// Logs what the kernel granted at load: THP mode, and per file mapped / resident / huge bytes.
+    fn log_memory(&self, opened_ms: u64, opts: &LoadOptions) {
+        let usage = self.memory_usage();
+        let files: Vec<String> = usage
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}: mapped {} MiB, resident {} MiB, huge {} MiB",
+                    u.file,
+                    u.mapped >> 20,
+                    u.resident >> 20,
+                    u.huge >> 20
+                )
+            })
+            .collect();
+        tracing::info!(
+            model = %self.info.model,
+            version = self.info.version,
+            load_mode = %opts.load_mode,
+            huge_pages_advised = opts.huge_pages,
+            thp = %hugepages::thp_mode(),
+            prefault = opts.prefault,
+            verify = if !opts.verify { "off" } else if opts.defer_item_verification { "deferred" } else { "full" },
+            open_ms = opened_ms,
+            load_ms = self.info.load_ms,
+            mapped_mib = usage.iter().map(|u| u.mapped).sum::<u64>() >> 20,
+            resident_mib = usage.iter().map(|u| u.resident).sum::<u64>() >> 20,
+            huge_page_mib = usage.iter().map(|u| u.huge).sum::<u64>() >> 20,
+            process_rss_mib = hugepages::process_rss() >> 20,
+            files = %files.join("; "),
+            "snapshot memory"
+        );
     }
 
     pub fn info(&self) -> &SnapshotInfo {
@@ -211,7 +267,7 @@ impl Snapshot {
         let input = UserInput::from_json(&req.user)?;
         let ignored_features = self.layout.ignored_features(&input);
         let u = self.user_vector(&input)?;
-        let (items, stats) = scoring::rank(
+        let (items, stats) = crate::parallel::rank(
             &u,
             self.files.manifest.tau,
             &self.files.vectors[vectors],
@@ -290,6 +346,30 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs the item-file checks a deferred load skipped ([`prerank_format::reader::verify_files`]) on a
+/// background thread; the outcome is logged and counted (`prerank_model_deferred_verify_total`).
+/// A failure does not unload the version (module doc of docs/operations.md: alert and roll back).
+fn spawn_deferred_verification(dir: PathBuf, model: String) {
+    let spawned = std::thread::Builder::new()
+        .name("prerank-verify".into())
+        .spawn(move || {
+            let started = Instant::now();
+            match prerank_format::reader::verify_files(&dir) {
+                Ok(()) => {
+                    crate::telemetry::record_deferred_verify(&model, true);
+                    tracing::info!(dir = %dir.display(), took_ms = started.elapsed().as_millis() as u64, "deferred verification of the item files passed");
+                }
+                Err(e) => {
+                    crate::telemetry::record_deferred_verify(&model, false);
+                    tracing::error!(dir = %dir.display(), error = %e, "deferred verification of the item files FAILED: this version is serving unverified data; roll it back");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the deferred verification thread");
     }
 }
 

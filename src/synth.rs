@@ -280,6 +280,7 @@ fn golden_checks(
                 huge_pages: false,
                 golden: false,
                 load_mode: prerank_format::reader::LoadMode::Mmap,
+                ..LoadOptions::default()
             },
         )?;
         let mut scratch = Scratch::default();

@@ -40,6 +40,12 @@ pub const MODEL_MAPPED_BYTES: &str = "prerank_model_mapped_bytes";
 /// anonymous memory, not attributable to a version).
 pub const MODEL_HUGE_PAGE_BYTES: &str = "prerank_model_huge_page_bytes";
 
+/// Resident bytes of a loaded version's mapped files (from `/proc/self/smaps` over their ranges).
+pub const MODEL_RESIDENT_BYTES: &str = "prerank_model_resident_bytes";
+/// Deferred (background) verifications of item files, by result (`ok` / `failed`).
+pub const MODEL_DEFERRED_VERIFY_TOTAL: &str = "prerank_model_deferred_verify_total";
+/// Ranking requests whose scoring was split across the scoring pool, and chunks run.
+pub const SCORING_SPLITS_TOTAL: &str = "prerank_scoring_splits_total";
 pub const STAGE_DECODE: &str = "decode";
 pub const STAGE_TOWER: &str = "tower";
 pub const STAGE_SCORING: &str = "scoring";
@@ -157,7 +163,19 @@ fn describe() {
     );
     describe_gauge!(
         MODEL_HUGE_PAGE_BYTES,
-        "Bytes of a loaded version's mapped files backed by huge pages (mmap load mode)."
+        "Bytes of a loaded version's mapped files backed by huge pages (AnonHugePages + FilePmdMapped)."
+    );
+    describe_gauge!(
+        MODEL_RESIDENT_BYTES,
+        "Resident bytes of a loaded version's mapped files (page-cache pages mapped or private copies)."
+    );
+    describe_counter!(
+        MODEL_DEFERRED_VERIFY_TOTAL,
+        "Background checksum and content verifications of item files (--verify deferred), by result."
+    );
+    describe_counter!(
+        SCORING_SPLITS_TOTAL,
+        "Ranking requests whose scoring was split across the scoring pool (--scoring-threads)."
     );
     describe_gauge!(
         MODEL_MAPPED_BYTES,
@@ -210,30 +228,14 @@ pub fn set_huge_page_bytes(model: &str, version: u64, bytes: u64) {
         .set(bytes as f64);
 }
 
-/// Huge-page-backed bytes per mapped file of this process, from `/proc/self/smaps` (empty when it
-/// cannot be read, e.g. not Linux).
-pub fn huge_page_bytes_by_file() -> std::collections::BTreeMap<std::path::PathBuf, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
-        return out;
-    };
-    let mut current: Option<std::path::PathBuf> = None;
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if !first.ends_with(':') {
-            // A mapping header: range perms offset dev inode [path].
-            let path: Vec<&str> = fields.skip(4).collect();
-            current = (!path.is_empty() && path[0].starts_with('/'))
-                .then(|| std::path::PathBuf::from(path.join(" ")));
-            continue;
-        }
-        if let (Some(path), "AnonHugePages:" | "FilePmdMapped:") = (&current, first) {
-            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            *out.entry(path.clone()).or_insert(0) += kb * 1024;
-        }
-    }
-    out
+pub fn set_resident_bytes(model: &str, version: u64, bytes: u64) {
+    metrics::gauge!(MODEL_RESIDENT_BYTES, "model" => model.to_string(), "version" => version.to_string())
+        .set(bytes as f64);
+}
+
+pub fn record_deferred_verify(model: &str, ok: bool) {
+    metrics::counter!(MODEL_DEFERRED_VERIFY_TOTAL, "model" => model.to_string(), "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
 }
 
 pub fn record_admin(op: &'static str, status: u16) {

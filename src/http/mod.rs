@@ -50,7 +50,7 @@ use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
 use crate::buckets::{BucketSpec, Buckets, BUCKET_HEADER};
 use crate::model::UserInput;
 use crate::registry::{Registry, RegistryError, VersionStatus};
-use crate::scoring::{self, Scratch};
+use crate::scoring::Scratch;
 use crate::snapshot::SnapshotInfo;
 use crate::telemetry;
 
@@ -312,7 +312,7 @@ fn rank_timed(
     let u = snap.user_vector(&input)?;
     telemetry::record_stage(telemetry::STAGE_TOWER, t.elapsed());
     let t = Instant::now();
-    let (items, stats) = scoring::rank(
+    let (items, stats) = crate::parallel::rank(
         &u,
         snap.manifest().tau,
         vectors,
@@ -634,24 +634,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// no longer loaded.
 fn report_mapped_bytes(state: &AppState) {
     let live = state.registry.live_set();
-    let huge = telemetry::huge_page_bytes_by_file();
     let mut now = BTreeSet::new();
     for (name, m) in &live.models {
         for (version, snap) in &m.versions {
-            // smaps names files by their resolved absolute path; the root may be relative.
-            let path = &snap.info().path;
-            let dir = std::fs::canonicalize(path).unwrap_or_else(|_| {
-                std::env::current_dir()
-                    .map(|cwd| cwd.join(path))
-                    .unwrap_or_else(|_| path.clone())
-            });
-            let huge_bytes: u64 = huge
-                .iter()
-                .filter(|(file, _)| file.starts_with(&dir))
-                .map(|(_, b)| *b)
-                .sum();
+            // Over each file's own address range (crate::hugepages), so two maps of one file
+            // (versions, background verification) are never mixed up.
+            let usage = snap.memory_usage();
             telemetry::set_mapped_bytes(name, *version, snap.info().mapped_bytes);
-            telemetry::set_huge_page_bytes(name, *version, huge_bytes);
+            telemetry::set_huge_page_bytes(name, *version, usage.iter().map(|u| u.huge).sum());
+            telemetry::set_resident_bytes(name, *version, usage.iter().map(|u| u.resident).sum());
             now.insert((name.clone(), *version));
         }
     }
@@ -662,6 +653,7 @@ fn report_mapped_bytes(state: &AppState) {
     for (name, version) in reported.difference(&now) {
         telemetry::set_mapped_bytes(name, *version, 0);
         telemetry::set_huge_page_bytes(name, *version, 0);
+        telemetry::set_resident_bytes(name, *version, 0);
     }
     *reported = now;
 }

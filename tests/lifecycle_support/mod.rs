@@ -209,6 +209,7 @@ pub fn item_ids(dir: &Path) -> Vec<u64> {
             verify_contents: false,
             huge_pages: false,
             load_mode: prerank_format::reader::LoadMode::Mmap,
+            ..Default::default()
         },
     )
     .unwrap();

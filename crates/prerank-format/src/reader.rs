@@ -6,6 +6,14 @@
 //! (always, when serving), the sha256 of every file and the full contents (normalised rows, index
 //! integrity, finite weights). Each check runs once per load, never per request. The first failure is
 //! returned as a [`FormatError`] naming the file and what was expected vs found.
+//!
+//! The item files (vectors, id index, attributes) grow with the corpus (about 2.3 GB for 10^7 int8
+//! items, 10 GB with all three dtypes), and hashing and scanning them dominates the load time of a
+//! large snapshot. [`OpenOptions::defer_item_files`] restricts the load-time checksum and content
+//! checks to the manifest and the weights; the item files then get only the structural checks (size,
+//! header, shape) and the caller is expected to run [`verify_files`] afterwards (the server does, in
+//! the background; docs/operations.md states the trade-off). [`OpenOptions::prefault`] faults the
+//! files that serve requests into memory before the snapshot is returned.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +40,12 @@ pub struct OpenOptions {
     pub huge_pages: bool,
     /// Map the files, or copy them into private memory (see [`LoadMode`]).
     pub load_mode: LoadMode,
+    /// Skip the checksum and content checks of the item files (module doc); structural checks stay.
+    pub defer_item_files: bool,
+    /// Fault in the weights, index, attributes and the vectors of `serve_dtype` before returning.
+    pub prefault: bool,
+    /// The dtype that will be served (prefaulted); `None`: the manifest's first.
+    pub serve_dtype: Option<Dtype>,
 }
 
 impl Default for OpenOptions {
@@ -41,8 +55,22 @@ impl Default for OpenOptions {
             verify_contents: true,
             huge_pages: true,
             load_mode: LoadMode::Mmap,
+            defer_item_files: false,
+            prefault: false,
+            serve_dtype: None,
         }
     }
+}
+
+/// One mapped file of a snapshot and where it lives in this process's address space (for the
+/// huge-page report, which reads `/proc/self/smaps` over exactly these ranges).
+#[derive(Debug, Clone)]
+pub struct MappedFile {
+    pub file: String,
+    pub addr: usize,
+    pub len: usize,
+    /// Whether [`OpenOptions::prefault`] faulted it in.
+    pub prefaulted: bool,
 }
 
 /// All files of one opened snapshot version, memory-mapped.
@@ -55,6 +83,8 @@ pub struct SnapshotFiles {
     pub vectors: Vec<ItemVectors<Mmap>>,
     pub index: IdIndex<Mmap>,
     pub attributes: ItemAttributes<Mmap>,
+    /// Every mapped file with its address range, in load order.
+    pub maps: Vec<MappedFile>,
 }
 
 impl SnapshotFiles {
@@ -65,7 +95,12 @@ impl SnapshotFiles {
             .map_err(|e| not_found_or_io(e, MANIFEST_FILE, &manifest_path))?;
         let manifest = Manifest::from_json(&text)?;
 
-        let map = |file: &str, huge: bool| -> Result<Mmap, FormatError> {
+        let maps = std::cell::RefCell::new(Vec::new());
+        let serve = opts
+            .serve_dtype
+            .or_else(|| manifest.items.vectors.first().map(|v| v.dtype));
+        // `item`: an item file (deferrable checks); `hot`: prefaulted when asked.
+        let map = |file: &str, huge: bool, item: bool, hot: bool| -> Result<Mmap, FormatError> {
             let path = dir.join(file);
             let meta = std::fs::metadata(&path).map_err(|e| not_found_or_io(e, file, &path))?;
             let want = manifest.files[file].bytes;
@@ -77,7 +112,17 @@ impl SnapshotFiles {
                 });
             }
             let m = load_file(&path, huge, opts.load_mode)?;
-            if opts.verify_checksums {
+            let prefaulted = opts.prefault && hot;
+            if prefaulted {
+                crate::mmap::prefault(&m);
+            }
+            maps.borrow_mut().push(MappedFile {
+                file: file.to_string(),
+                addr: m.as_ptr() as usize,
+                len: m.len(),
+                prefaulted,
+            });
+            if opts.verify_checksums && !(item && opts.defer_item_files) {
                 let found = hex::encode(Sha256::digest(&m[..]));
                 let expected = &manifest.files[file].sha256;
                 if &found != expected {
@@ -94,7 +139,8 @@ impl SnapshotFiles {
         let items = &manifest.items;
         let mut vectors = Vec::with_capacity(items.vectors.len());
         for vf in &items.vectors {
-            let v = ItemVectors::parse(map(&vf.file, opts.huge_pages)?, &vf.file)?;
+            let hot = Some(vf.dtype) == serve;
+            let v = ItemVectors::parse(map(&vf.file, opts.huge_pages, true, hot)?, &vf.file)?;
             if v.dtype() != vf.dtype {
                 return Err(FormatError::mismatch(
                     &vf.file,
@@ -114,13 +160,16 @@ impl SnapshotFiles {
             if v.dim() != items.dim {
                 return Err(FormatError::mismatch(&vf.file, "dim", items.dim, v.dim()));
             }
-            if opts.verify_contents {
+            if opts.verify_contents && !opts.defer_item_files {
                 v.verify_rows()?;
             }
             vectors.push(v);
         }
 
-        let index = IdIndex::parse(map(&items.index_file, opts.huge_pages)?, &items.index_file)?;
+        let index = IdIndex::parse(
+            map(&items.index_file, opts.huge_pages, true, true)?,
+            &items.index_file,
+        )?;
         if index.count() as u64 != items.count {
             return Err(FormatError::mismatch(
                 &items.index_file,
@@ -129,12 +178,14 @@ impl SnapshotFiles {
                 index.count(),
             ));
         }
-        if opts.verify_contents {
+        if opts.verify_contents && !opts.defer_item_files {
             index.verify()?;
         }
 
-        let attributes =
-            ItemAttributes::parse(map(&items.attributes_file, false)?, &items.attributes_file)?;
+        let attributes = ItemAttributes::parse(
+            map(&items.attributes_file, false, true, true)?,
+            &items.attributes_file,
+        )?;
         if attributes.count() as u64 != items.count {
             return Err(FormatError::mismatch(
                 &items.attributes_file,
@@ -152,7 +203,10 @@ impl SnapshotFiles {
             ));
         }
 
-        let weights = Weights::parse(map(&manifest.weights_file, false)?, &manifest.weights_file)?;
+        let weights = Weights::parse(
+            map(&manifest.weights_file, false, false, true)?,
+            &manifest.weights_file,
+        )?;
         weights.check_against(&manifest.expected_tensors(), &manifest.weights_file)?;
 
         Ok(SnapshotFiles {
@@ -162,6 +216,7 @@ impl SnapshotFiles {
             vectors,
             index,
             attributes,
+            maps: maps.into_inner(),
         })
     }
 
@@ -174,6 +229,19 @@ impl SnapshotFiles {
     pub fn mapped_bytes(&self) -> u64 {
         self.manifest.files.values().map(|f| f.bytes).sum()
     }
+}
+
+/// Full verification of a version directory (every checksum, every row, the index), through a
+/// separate read-only map that is dropped at the end: what a deferred load (module doc) leaves for later.
+pub fn verify_files(dir: &Path) -> Result<(), FormatError> {
+    SnapshotFiles::open(
+        dir,
+        &OpenOptions {
+            huge_pages: false,
+            ..OpenOptions::default()
+        },
+    )
+    .map(drop)
 }
 
 /// A missing file is reported by name; any other I/O error with its path.
