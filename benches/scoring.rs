@@ -1,24 +1,40 @@
-//! Criterion benchmarks of the request path's CPU work at real sizes: scoring (id lookup + dot +
-//! top-k, k = 1000) for N = 10^4 and 10^5 candidates and each stored dtype over a synthetic corpus,
-//! and the user tower forward pass with a 50-behaviour sequence.
+//! Criterion benchmarks of the request path's CPU work at real sizes.
 //!
-//! Each scoring benchmark has a `read_floor` twin: the same two passes over the same candidates with
-//! the same prefetching (id lookup, then every cache line of every row read), but no dot product and
-//! no top-k, so `score / read_floor` is the kernel's overhead over the memory access it cannot avoid.
+//! Groups (filter with criterion's argument, e.g. `cargo bench -p prerank --bench scoring -- int8`):
 //!
-//! The corpus is generated once into `target/bench-snapshots/` (not in git). Size it with
-//! `PRERANK_BENCH_ITEMS` (default 1,000,000). Run: `cargo bench --bench scoring`.
-//! Timings are reported in docs/benchmarks.md; nothing here asserts a time.
+//! - `score_k1000/<dtype>/<N>`: id lookup + dot on the stored dtype + top-k (k = 1000) for
+//!   N = 10^3, 10^4, 10^5 candidates drawn uniformly (distinct) from the corpus, one thread, the files
+//!   memory-mapped (`--load-mode mmap`). Each has a `<dtype>_read_floor/<N>` twin: the same two passes
+//!   over the same candidates with the same prefetches (table slot 16 candidates ahead, every cache
+//!   line of the row `rows_ahead(dtype)` rows ahead), reading the table slots and every cache line of
+//!   every row the kernel reads, with no dot product, no dedup bitset and no top-k. `kernel / floor`
+//!   is the kernel's overhead over the memory access it cannot avoid.
+//! - `score_k1000_copy/...`: the same pair over private anonymous copies of the vector file and the
+//!   index (`--load-mode copy`, `MADV_HUGEPAGE`), i.e. what transparent huge pages buy. The copy is made
+//!   only when one of these benchmarks runs (it costs the files' size in memory).
+//! - `score_k1000_parallel/<dtype>/100000`: one request split across a scoring pool of all CPUs
+//!   (compare with `score_k1000/<dtype>/100000`).
+//! - `user_tower/forward_behaviors50`: one user-tower forward pass, 50 behaviours.
+//! - `section3/two_tower/<N>` vs `section3/full_mapping/<N>`: the paper's section-3 argument on our
+//!   tower: one user mapping + N inner products (f32), against N full mappings (a model without the
+//!   two-tower split runs the network once per candidate; emulated by N user-tower forward passes).
+//!
+//! The corpus (d = 128, f32 + f16 + int8) lives in `$PRERANK_BENCH_DIR/items-$PRERANK_BENCH_ITEMS/
+//! bench/1` (defaults: `target/bench-snapshots`, 1,000,000 items) and is generated on first use
+//! (10^7 items: about 80 s and 16 GB of memory, 10 GB on disk). Timings are reported in
+//! docs/benchmarks.md; nothing here asserts a time.
 
+use std::cell::OnceCell;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use prerank::model::UserInput;
-use prerank::scoring::{rank, Scratch};
+use prerank::parallel::ScoringPool;
+use prerank::scoring::{rank, rows_ahead, Scratch, LOOKUP_AHEAD};
 use prerank::snapshot::{LoadOptions, Snapshot};
 use prerank::synth::{generate, sample_request, SynthConfig};
 use prerank_format::index::{lookup, mix64, IdIndex};
-use prerank_format::mmap::prefetch;
+use prerank_format::mmap::{copy_file, prefetch};
 use prerank_format::vectors::ItemVectors;
 use prerank_format::Dtype;
 use rand::seq::SliceRandom;
@@ -29,10 +45,12 @@ fn corpus() -> PathBuf {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/bench-snapshots")
-        .join(format!("items-{items}"))
-        .join("bench/1");
+    let root = std::env::var_os("PRERANK_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-snapshots")
+        });
+    let dir = root.join(format!("items-{items}")).join("bench/1");
     if !dir.join("manifest.json").exists() {
         eprintln!(
             "generating a {items}-item benchmark corpus in {}",
@@ -51,21 +69,22 @@ fn corpus() -> PathBuf {
     dir
 }
 
-/// Touches exactly the bytes `rank` must read (table slots, then each row's cache lines), with the same
-/// prefetch distances, and nothing else.
-fn read_floor(
-    vectors: &ItemVectors<memmap2::Mmap>,
-    index: &IdIndex<memmap2::Mmap>,
+/// Touches exactly the bytes `rank` must read (table slots, then every cache line of each row's
+/// payload), with the same prefetch distances, and nothing else.
+fn read_floor<V: AsRef<[u8]>, I: AsRef<[u8]>>(
+    vectors: &ItemVectors<V>,
+    index: &IdIndex<I>,
     cands: &[u64],
     rows: &mut Vec<u32>,
 ) -> u64 {
     let table = index.table();
     let table_bytes: &[u8] = bytemuck::cast_slice(table);
+    let slot = std::mem::size_of_val(&table[0]);
     let mask = index.mask();
     rows.clear();
     for (i, &id) in cands.iter().enumerate() {
-        if let Some(&ahead) = cands.get(i + 16) {
-            prefetch(table_bytes, (mix64(ahead) as usize & mask) * 16);
+        if let Some(&ahead) = cands.get(i + LOOKUP_AHEAD) {
+            prefetch(table_bytes, (mix64(ahead) as usize & mask) * slot);
         }
         if let Some(r) = lookup(table, mask, id) {
             rows.push(r);
@@ -74,11 +93,12 @@ fn read_floor(
     let body = vectors.body();
     let stride = vectors.row_stride();
     let payload = vectors.dtype().payload_bytes(vectors.dim());
+    let ahead = rows_ahead(vectors.dtype(), vectors.dim());
     let mut acc = 0u64;
     for (j, &row) in rows.iter().enumerate() {
-        if let Some(&ahead) = rows.get(j + 8) {
+        if let Some(&next) = rows.get(j + ahead) {
             for line in (0..payload).step_by(64) {
-                prefetch(body, ahead as usize * stride + line);
+                prefetch(body, next as usize * stride + line);
             }
         }
         let base = row as usize * stride;
@@ -89,17 +109,46 @@ fn read_floor(
     acc
 }
 
+/// A kernel + read-floor pair for every N.
+fn score_pair<'a, V: AsRef<[u8]> + 'a, I: AsRef<[u8]> + 'a>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    get: &dyn Fn() -> (&'a ItemVectors<V>, &'a IdIndex<I>),
+    sets: &[Vec<u64>],
+    u: &[f32],
+    tau: f32,
+) {
+    for cands in sets {
+        let n = cands.len();
+        let mut scratch = Scratch::default();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new(name, n), cands, |b, cands| {
+            let (vectors, index) = get();
+            b.iter(|| rank(u, tau, vectors, index, cands, 1000, &mut scratch, true))
+        });
+        let mut rows = Vec::new();
+        group.bench_with_input(
+            BenchmarkId::new(format!("{name}_read_floor"), n),
+            cands,
+            |b, cands| {
+                let (vectors, index) = get();
+                b.iter(|| read_floor(vectors, index, cands, &mut rows))
+            },
+        );
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let dir = corpus();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let opts = |dtype| LoadOptions {
-        dtype: Some(dtype),
+    let opts = LoadOptions {
+        dtype: Some(Dtype::F32),
         verify: false,
         huge_pages: true,
         golden: false,
-        load_mode: prerank::format::reader::LoadMode::Mmap,
+        ..LoadOptions::default()
     };
-    let snap = Snapshot::load(&dir, &opts(Dtype::F32)).expect("load corpus");
+    let snap = Snapshot::load(&dir, &opts).expect("load corpus");
     let ids = snap.files().index.ids().to_vec();
     let req = sample_request(&mut rng, &ids, 0, 1000);
     let mut req50 = req.clone();
@@ -121,41 +170,76 @@ fn benches(c: &mut Criterion) {
     let input = UserInput::from_json(&req50.user).unwrap();
     let u = snap.user_vector(&input).unwrap();
     let tau = snap.manifest().tau;
+    let files = snap.files();
+    let sizes = [1_000usize, 10_000, 100_000];
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::Int8];
+    // One candidate set per (dtype, N), the same for every variant of that pair.
+    let sets: Vec<Vec<Vec<u64>>> = dtypes
+        .iter()
+        .map(|_| {
+            sizes
+                .iter()
+                .map(|&n| ids.choose_multiple(&mut rng, n).copied().collect())
+                .collect()
+        })
+        .collect();
 
     let mut group = c.benchmark_group("score_k1000");
     group.sample_size(20);
-    for dtype in [Dtype::F32, Dtype::F16, Dtype::Int8] {
-        let files = snap.files();
+    for (d, &dtype) in dtypes.iter().enumerate() {
         let vectors = files.vectors_for(dtype).expect("dtype stored");
-        for n in [10_000usize, 100_000] {
-            let candidates: Vec<u64> = ids.choose_multiple(&mut rng, n).copied().collect();
-            let mut scratch = Scratch::default();
-            group.throughput(Throughput::Elements(n as u64));
-            group.bench_with_input(
-                BenchmarkId::new(dtype.name(), n),
-                &candidates,
-                |b, cands| {
-                    b.iter(|| {
-                        rank(
-                            &u,
-                            tau,
-                            vectors,
-                            &files.index,
-                            cands,
-                            1000,
-                            &mut scratch,
-                            true,
-                        )
-                    })
-                },
-            );
-            let mut rows = Vec::new();
-            group.bench_with_input(
-                BenchmarkId::new(format!("{}_read_floor", dtype.name()), n),
-                &candidates,
-                |b, cands| b.iter(|| read_floor(vectors, &files.index, cands, &mut rows)),
-            );
-        }
+        let get = || (vectors, &files.index);
+        score_pair(&mut group, dtype.name(), &get, &sets[d], &u, tau);
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("score_k1000_copy");
+    group.sample_size(20);
+    let index_path = dir.join(&snap.manifest().items.index_file);
+    let copied_index: OnceCell<IdIndex<memmap2::Mmap>> = OnceCell::new();
+    for (d, &dtype) in dtypes.iter().enumerate() {
+        let file = snap
+            .manifest()
+            .items
+            .vectors
+            .iter()
+            .find(|v| v.dtype == dtype)
+            .expect("dtype stored")
+            .file
+            .clone();
+        let copied: OnceCell<ItemVectors<memmap2::Mmap>> = OnceCell::new();
+        let get = || {
+            let v = copied.get_or_init(|| {
+                let m = copy_file(&dir.join(&file), true).expect("copy vectors");
+                ItemVectors::parse(m, &file).expect("parse copy")
+            });
+            let i = copied_index.get_or_init(|| {
+                let m = copy_file(&index_path, true).expect("copy index");
+                IdIndex::parse(m, "index").expect("parse copy")
+            });
+            (v, i)
+        };
+        score_pair(&mut group, dtype.name(), &get, &sets[d], &u, tau);
+    }
+    group.finish();
+
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = ScoringPool::new(threads, 2).expect("scoring pool");
+    let mut group = c.benchmark_group("score_k1000_parallel");
+    group.sample_size(20);
+    for (d, &dtype) in dtypes.iter().enumerate() {
+        let vectors = files.vectors_for(dtype).expect("dtype stored");
+        let cands = &sets[d][2];
+        group.throughput(Throughput::Elements(cands.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new(format!("{}_threads{threads}", dtype.name()), cands.len()),
+            cands,
+            |b, cands| {
+                b.iter(|| {
+                    pool.rank_split(&u, tau, vectors, &files.index, cands, 1000, threads, true)
+                })
+            },
+        );
     }
     group.finish();
 
@@ -163,6 +247,38 @@ fn benches(c: &mut Criterion) {
     group.bench_function("forward_behaviors50", |b| {
         b.iter(|| snap.user_vector(&input).unwrap())
     });
+    group.finish();
+
+    let mut group = c.benchmark_group("section3");
+    group.sample_size(10);
+    let vectors = files.vectors_for(Dtype::F32).expect("f32 stored");
+    for n in [1_000usize, 10_000] {
+        let cands: Vec<u64> = ids.choose_multiple(&mut rng, n).copied().collect();
+        let mut scratch = Scratch::default();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("two_tower", n), &cands, |b, cands| {
+            b.iter(|| {
+                let u = snap.user_vector(&input).unwrap();
+                rank(
+                    &u,
+                    tau,
+                    vectors,
+                    &files.index,
+                    cands,
+                    1000,
+                    &mut scratch,
+                    true,
+                )
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("full_mapping", n), &n, |b, &n| {
+            b.iter(|| {
+                (0..n)
+                    .map(|_| snap.user_vector(&input).unwrap()[0])
+                    .sum::<f32>()
+            })
+        });
+    }
     group.finish();
 }
 

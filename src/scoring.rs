@@ -68,7 +68,7 @@ pub struct Scratch {
 }
 
 /// How many candidates ahead pass 1 prefetches id-table slots.
-const LOOKUP_AHEAD: usize = 16;
+pub const LOOKUP_AHEAD: usize = 16;
 
 /// Cache lines of item rows pass 2 keeps requested ahead of the row being scored (per dtype the
 /// distance in rows is this divided by the row's lines; see [`rows_ahead`]).

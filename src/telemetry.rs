@@ -36,8 +36,8 @@ pub const SHED_REQUESTS_TOTAL: &str = "prerank_shed_requests_total";
 /// the version is no longer loaded.
 pub const MODEL_MAPPED_BYTES: &str = "prerank_model_mapped_bytes";
 /// Bytes of a loaded version's mapped files backed by huge pages (`AnonHugePages` + `FilePmdMapped`
-/// in /proc/self/smaps); coverage = this / mapped bytes. Linux, `mmap` load mode only (copies are
-/// anonymous memory, not attributable to a version).
+/// in /proc/self/smaps over each file's own address range); coverage = this / mapped bytes. Linux;
+/// both load modes (a `copy` is an anonymous map whose range is known too).
 pub const MODEL_HUGE_PAGE_BYTES: &str = "prerank_model_huge_page_bytes";
 
 /// Resident bytes of a loaded version's mapped files (from `/proc/self/smaps` over their ranges).
