@@ -387,3 +387,62 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
             |(m, at), (i, d)| if d > m || d.is_nan() { (d, i) } else { (m, at) },
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{generate, sample_request, SynthConfig};
+    use rand::SeedableRng;
+
+    /// A deferred, prefaulted load serves the same results as a full one; a flipped byte inside a
+    /// row passes the deferred load's structural checks but not the full verification that follows.
+    #[test]
+    fn deferred_and_prefaulted_loads_rank_the_same_and_defer_only_item_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("m/1");
+        let cfg = SynthConfig {
+            items: 3_000,
+            dtypes: vec![Dtype::Int8, Dtype::F32],
+            golden: 1,
+            ..SynthConfig::default()
+        };
+        generate(&v, &cfg).unwrap();
+        let full = Snapshot::load(&v, &LoadOptions::default()).unwrap();
+        let lazy_opts = LoadOptions {
+            defer_item_verification: true,
+            prefault: true,
+            ..LoadOptions::default()
+        };
+        let lazy = Snapshot::load(&v, &lazy_opts).unwrap();
+        assert!(lazy.files().maps.iter().any(|m| m.prefaulted));
+        let ids = full.files().index.ids().to_vec();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let req = sample_request(&mut rng, &ids, 2_000, 50);
+        let mut s = Scratch::default();
+        let a = full.rank(&req, 50, &mut s).unwrap();
+        let b = lazy.rank(&req, 50, &mut s).unwrap();
+        assert_eq!(a.items, b.items);
+        let usage = lazy.memory_usage();
+        assert_eq!(usage.len(), lazy.files().maps.len());
+        assert!(usage.iter().all(|u| u.huge <= u.mapped));
+        drop((full, lazy));
+
+        // Flip one byte of the last int8 row's values (not its header): only the full checks see it.
+        let file = v.join("items.int8.vec");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 192 + 3;
+        bytes[at] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(Snapshot::load(&v, &LoadOptions::default()).is_err());
+        let lazy = Snapshot::load(
+            &v,
+            &LoadOptions {
+                defer_item_verification: true,
+                golden: false,
+                ..LoadOptions::default()
+            },
+        );
+        assert!(lazy.is_ok(), "{:?}", lazy.err());
+        assert!(prerank_format::reader::verify_files(&v).is_err());
+    }
+}
