@@ -229,17 +229,18 @@ fn benches(c: &mut Criterion) {
     group.sample_size(20);
     for (d, &dtype) in dtypes.iter().enumerate() {
         let vectors = files.vectors_for(dtype).expect("dtype stored");
-        let cands = &sets[d][2];
-        group.throughput(Throughput::Elements(cands.len() as u64));
-        group.bench_with_input(
-            BenchmarkId::new(format!("{}_threads{threads}", dtype.name()), cands.len()),
-            cands,
-            |b, cands| {
-                b.iter(|| {
-                    pool.rank_split(&u, tau, vectors, &files.index, cands, 1000, threads, true)
-                })
-            },
-        );
+        for cands in &sets[d][1..] {
+            group.throughput(Throughput::Elements(cands.len() as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}_threads{threads}", dtype.name()), cands.len()),
+                cands,
+                |b, cands| {
+                    b.iter(|| {
+                        pool.rank_split(&u, tau, vectors, &files.index, cands, 1000, threads, true)
+                    })
+                },
+            );
+        }
     }
     group.finish();
 
