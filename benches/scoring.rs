@@ -12,8 +12,8 @@
 //! - `score_k1000_copy/...`: the same pair over private anonymous copies of the vector file and the
 //!   index (`--load-mode copy`, `MADV_HUGEPAGE`), i.e. what transparent huge pages buy. The copy is made
 //!   only when one of these benchmarks runs (it costs the files' size in memory).
-//! - `score_k1000_parallel/<dtype>/100000`: one request split across a scoring pool of all CPUs
-//!   (compare with `score_k1000/<dtype>/100000`).
+//! - `score_k1000_parallel/<dtype>_threads<T>/<N>`: one request (N = 10^4, 10^5) split across a
+//!   scoring pool of all CPUs (compare with `score_k1000/<dtype>/<N>`).
 //! - `user_tower/forward_behaviors50`: one user-tower forward pass, 50 behaviours.
 //! - `section3/two_tower/<N>` vs `section3/full_mapping/<N>`: the paper's section-3 argument on our
 //!   tower: one user mapping + N inner products (f32), against N full mappings (a model without the
