@@ -129,11 +129,12 @@ pub struct ServeConfig {
     /// split; default: the number of CPUs).
     #[arg(long, env = "PRERANK_SCORING_THREADS")]
     pub scoring_threads: Option<usize>,
-    /// Smallest request (candidates) that may be split across the scoring pool.
+    /// Smallest request (candidates) that may be split across the scoring pool (chunks are at
+    /// least half of it). 10,000: a 2-way split measured 1.4-1.6x faster at 10^4 candidates.
     #[arg(
         long,
         env = "PRERANK_PARALLEL_MIN_CANDIDATES",
-        default_value_t = 20_000
+        default_value_t = 10_000
     )]
     pub parallel_min_candidates: usize,
     /// Log JSON lines instead of human-readable text.
@@ -172,7 +173,7 @@ impl ServeConfig {
             verify: VerifyMode::Full,
             prefault: false,
             scoring_threads: Some(0),
-            parallel_min_candidates: 20_000,
+            parallel_min_candidates: 10_000,
             load_mode: LoadMode::Mmap,
             log_json: false,
         }
