@@ -3,11 +3,12 @@
 # shellcheck shell=bash
 
 OHA="${OHA:-$(command -v oha || true)}"
-if [[ -z "$OHA" && -x /root/.local/oha-install/bin/oha ]]; then OHA=/root/.local/oha-install/bin/oha; fi
+TOOLS_ROOT="${PRERANK_TOOLS:-$HOME/.local/oha-install}"
+if [[ -z "$OHA" && -x "$TOOLS_ROOT/bin/oha" ]]; then OHA="$TOOLS_ROOT/bin/oha"; fi
 if [[ -z "$OHA" ]]; then
   cat >&2 <<'MSG'
-oha is not on PATH. Install it with:
-    cargo install oha --locked
+oha is not on PATH. Install it (once, cached) with:
+    loadtest/install-tools.sh
 (or set OHA=/path/to/oha), then run this script again.
 MSG
   exit 2
