@@ -47,19 +47,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+[[ -n "$SNAPSHOT" ]] && SNAPSHOT="$(cd "$SNAPSHOT" && pwd)"
+[[ -n "$OUT" && "$OUT" != /* ]] && OUT="$PWD/$OUT"
 # shellcheck source=loadtest/common.sh
 source "$(dirname "$0")/common.sh"
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/prerank-matrix.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [[ "$KEEP" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
 
 if [[ -z "$SNAPSHOT" ]]; then
   SNAPSHOT="${CARGO_TARGET_DIR:-target}/loadtest-snapshots/items-$ITEMS/bench/1"
@@ -82,28 +73,13 @@ for n in "${NS_LIST[@]}"; do
   "$BIN" bodies "$SNAPSHOT" --candidates "$n" --count 1 --out-dir "$WORK/bodies-$n" >/dev/null
 done
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-ADDR="127.0.0.1:$PORT"
 MAX_C=0
 for c in "${C_LIST[@]}"; do (( c > MAX_C )) && MAX_C=$c; done
-echo "== serving $SNAPSHOT ($DTYPE) on $ADDR"
+echo "== serving $SNAPSHOT ($DTYPE)"
 # In-flight limit above the highest concurrency: the matrix measures queueing, not shedding
 # (loadtest/overload.sh covers shedding).
-"$BIN" serve --model-root "$WORK/models" --bind "$ADDR" --item-dtype "$DTYPE" --no-watch \
-  --max-inflight $(( MAX_C * 2 )) --log-json "${SERVE_EXTRA[@]}" > "$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-  "$BIN" probe --addr "$ADDR" --path /readyz 2>/dev/null && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-"$BIN" probe --addr "$ADDR" --path /readyz || { echo "server never became ready" >&2; exit 1; }
-
-if "$OHA" --help 2>/dev/null | grep -q -- '--output-format'; then
-  JSON_FLAG=(--output-format json)
-else
-  JSON_FLAG=(--json)
-fi
+start_server --model-root "$WORK/models" --item-dtype "$DTYPE" --no-watch \
+  --max-inflight $(( MAX_C * 2 )) --log-json "${SERVE_EXTRA[@]}"
 content_type() { [[ "$1" == proto ]] && echo application/x-protobuf || echo application/json; }
 ext() { [[ "$1" == proto ]] && echo pb || echo json; }
 
