@@ -25,7 +25,8 @@
 //!   Prometheus recorder, logging set-up.
 //! - [`synth`]: deterministic synthetic snapshots (tests, benchmarks, placeholder model).
 //!
-//! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`.
+//! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`,
+//! `bodies` (load-test request bodies in JSON and protobuf).
 
 pub mod api;
 pub mod buckets;

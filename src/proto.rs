@@ -57,10 +57,12 @@ pub fn request_from_pb(msg: pb::RankRequest) -> Result<RankRequest, ProtoError> 
     let k = msg
         .k
         .ok_or_else(|| ProtoError::Shape("missing field `k`".into()))?;
+    // JSON `"id": null` deserialises as an absent id; a protobuf null id means the same.
     let id = user
         .id
         .map(|v| value_from_pb(v, || "user.id".into()))
-        .transpose()?;
+        .transpose()?
+        .filter(|v| !v.is_null());
     let features = map_from_pb(user.features, |name| format!("user.features.{name}"))?;
     let behaviors = user
         .behaviors
@@ -287,17 +289,17 @@ mod tests {
     }
 
     fn fields() -> impl Strategy<Value = BTreeMap<String, serde_json::Value>> {
-        proptest::collection::btree_map("[a-z_]{1,10}", scalar(), 0..5)
-            .prop_map(|mut m| {
-                m.remove("item_id");
-                m
-            })
+        proptest::collection::btree_map("[a-z_]{1,10}", scalar(), 0..5).prop_map(|mut m| {
+            m.remove("item_id");
+            m
+        })
     }
 
     fn request() -> impl Strategy<Value = RankRequest> {
         (
             proptest::option::of("[ -~]{0,20}"),
-            proptest::option::of(scalar()),
+            // A null id is an absent id in both encodings (see `request_from_pb`).
+            proptest::option::of(scalar()).prop_map(|v| v.filter(|v| !v.is_null())),
             fields(),
             proptest::collection::vec((any::<u64>(), fields()), 0..8),
             proptest::collection::vec(any::<u64>(), 0..200),
@@ -367,7 +369,10 @@ mod tests {
         let mut bytes = vec![(3 << 3) | 2, 16];
         bytes.extend_from_slice(&[0; 8]);
         let err = decode_request(&bytes).unwrap_err();
-        assert!(matches!(&err, ProtoError::Malformed(m) if m.contains("RankRequest")), "{err}");
+        assert!(
+            matches!(&err, ProtoError::Malformed(m) if m.contains("RankRequest")),
+            "{err}"
+        );
         // Missing user / k are shape errors, like JSON's `missing field`.
         let err = decode_request(&pb::RankRequest::default().encode_to_vec()).unwrap_err();
         assert_eq!(err, ProtoError::Shape("missing field `user`".into()));
@@ -387,6 +392,9 @@ mod tests {
             ..Default::default()
         };
         let err = decode_request(&msg.encode_to_vec()).unwrap_err();
-        assert!(matches!(&err, ProtoError::Feature(m) if m.starts_with("user.features.age:")), "{err}");
+        assert!(
+            matches!(&err, ProtoError::Feature(m) if m.starts_with("user.features.age:")),
+            "{err}"
+        );
     }
 }
