@@ -5,7 +5,10 @@
 //! {1k, 10k, 20k, 100k}, drawn from a pool of 19-digit ids (what ids exported from a catalogue look
 //! like; they are the expensive case for a JSON number parser). Decoders, all into `api::RankRequest`:
 //!
-//! - `parse_json`: what the service runs (`api::parse_json`: serde_json + serde_path_to_error);
+//! - `parse_json`: what the service runs (`api::parse_json`: plain serde_json, re-parsed with
+//!   serde_path_to_error only when it fails, for the field path in the message);
+//! - `path_to_error`: `api::parse_json_tracked`, the service's decoder before that fast path
+//!   (serde_json + serde_path_to_error on every body);
 //! - `serde_json`: plain `serde_json::from_slice` (no field path tracking);
 //! - `sonic_rs`: `sonic_rs::from_slice` (SIMD JSON, serde-compatible);
 //! - `protobuf`: `proto::decode_request` (prost decode + conversion to the JSON types).
@@ -18,7 +21,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use prerank::api::{parse_json, RankRequest, RankResponse, RankedItem};
+use prerank::api::{parse_json, parse_json_tracked, RankRequest, RankResponse, RankedItem};
 use prerank::proto;
 use prerank::synth::sample_request_sized;
 use rand::{Rng, SeedableRng};
@@ -69,6 +72,9 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("parse_json", n), &json, |b, body| {
             b.iter(|| parse_json::<RankRequest>(body).expect("decode"))
+        });
+        group.bench_with_input(BenchmarkId::new("path_to_error", n), &json, |b, body| {
+            b.iter(|| parse_json_tracked::<RankRequest>(body).expect("decode"))
         });
         group.bench_with_input(BenchmarkId::new("serde_json", n), &json, |b, body| {
             b.iter(|| serde_json::from_slice::<RankRequest>(body).expect("decode"))

@@ -352,6 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_decode() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/rank_request_proto");
+        for name in ["minimal.pb", "full.pb", "every_kind.pb"] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let req = decode_request(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!req.candidates.is_empty(), "{name}");
+        }
+        let req = decode_request(&std::fs::read(dir.join("every_kind.pb")).unwrap()).unwrap();
+        let f = &req.user.features;
+        assert_eq!(f["gender"], serde_json::json!("f"));
+        assert_eq!(f["age"], serde_json::json!(33));
+        assert_eq!(f["big"], serde_json::json!(u64::MAX));
+        assert_eq!(f["ratio"], serde_json::json!(0.5));
+        assert_eq!(f["flag"], serde_json::json!(true));
+        assert_eq!(f["none"], serde_json::Value::Null);
+        assert_eq!(req.user.id, Some(serde_json::json!(42)));
+        assert_eq!(
+            (req.k, req.model.as_deref(), req.with_probability),
+            (5, Some("m"), true)
+        );
+    }
+
+    #[test]
     fn candidates_are_packed_fixed64() {
         let msg = pb::RankRequest {
             candidates: vec![1, 2, 3],

@@ -6,6 +6,11 @@
 //! are already computing, a new one is refused at once with 503 + `Retry-After` instead of queueing.
 //! Every error becomes `{"error": {"code", "message"}}` through one exhaustive match in [`ApiError`].
 //!
+//! `POST /v1/rank` also speaks protobuf ([`crate::proto`]): [`negotiate`] picks the request decoder from
+//! `Content-Type` and the response (and error) encoding from `Accept`. Both decoders produce the same
+//! [`RankRequest`], so validation and errors are shared. The in-flight permit is taken before the body
+//! is read, so shedding under overload costs neither a body read nor a decode.
+//!
 //! Every request passes through [`track`] first: it takes the request id from `x-request-id` (or
 //! generates one), opens a tracing span with it, counts the request as in flight (what graceful
 //! shutdown waits for) and echoes the id in the response's `x-request-id` header. Ranking work has a
@@ -320,6 +325,13 @@ fn rank_timed(
 }
 
 /// Ranks the candidates for one user and returns the top k.
+///
+/// JSON by default. The same request and response also exist in protobuf (schema
+/// `proto/prerank/v1/rank.proto`, package `prerank.v1`; candidates are packed `fixed64`): send
+/// `Content-Type: application/x-protobuf` (or `application/protobuf`, `application/vnd.google.protobuf`).
+/// The response follows `Accept` when it names exactly one of `application/json` and
+/// `application/x-protobuf`, else the request's encoding; errors are encoded the same way (protobuf
+/// `ErrorBody {code, message}`, same status and code). Undecodable protobuf is 400 `malformed_protobuf`.
 #[utoipa::path(
     post,
     path = "/v1/rank",
@@ -330,10 +342,10 @@ fn rank_timed(
     ),
     responses(
         (status = 200, description = "Top-k items", body = crate::api::RankResponse),
-        (status = 400, description = "Malformed JSON or unreadable body", body = crate::api::ErrorBody),
+        (status = 400, description = "Malformed JSON or protobuf, or unreadable body", body = crate::api::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::api::ErrorBody),
         (status = 413, description = "Body larger than the limit", body = crate::api::ErrorBody),
-        (status = 415, description = "Content type is not JSON", body = crate::api::ErrorBody),
+        (status = 415, description = "Content type is neither JSON nor protobuf", body = crate::api::ErrorBody),
         (status = 422, description = "Well-formed but invalid request", body = crate::api::ErrorBody),
         (status = 503, description = "Overloaded, not ready or bucket unavailable (Retry-After)", body = crate::api::ErrorBody),
         (status = 504, description = "Past the request deadline", body = crate::api::ErrorBody)
