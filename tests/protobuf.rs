@@ -500,3 +500,78 @@ async fn overload_is_shed_before_the_body_is_decoded() {
         assert_eq!(r.error().0, "overloaded");
     }
 }
+
+/// `prerank bodies`: the interface the load-test scripts call. Each pair is the same request in both
+/// encodings, drawn from the snapshot's ids, deterministic from the seed.
+#[test]
+fn bodies_command_writes_matching_pairs() {
+    let (_root, dir) = common::model_root(500, &[Dtype::F32]);
+    let ids: std::collections::BTreeSet<u64> = Reference::open(&dir).ids().into_iter().collect();
+    let out = tempfile::tempdir().unwrap();
+    let run = |seed: &str, sub: &str| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_prerank"))
+            .arg("bodies")
+            .arg(&dir)
+            .args(["--candidates", "300", "--count", "3", "--behaviors", "7"])
+            .args(["--k", "20", "--seed", seed, "--out-dir"])
+            .arg(out.path().join(sub))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    run("5", "a");
+    run("5", "b");
+    run("6", "c");
+    for i in 0..3 {
+        let read = |sub: &str, ext: &str| {
+            std::fs::read(out.path().join(sub).join(format!("body-{i}.{ext}"))).unwrap()
+        };
+        let json: RankRequest = prerank::api::parse_json(&read("a", "json")).unwrap();
+        let pb = proto::decode_request(&read("a", "pb")).unwrap();
+        // Floats within 1 ulp: serde_json (without its `float_roundtrip` feature) may parse a decimal
+        // to a neighbour of the exact double the protobuf body carries.
+        assert!(
+            same_up_to_ulp(
+                &serde_json::to_value(&json).unwrap(),
+                &serde_json::to_value(&pb).unwrap()
+            ),
+            "body-{i}: the two encodings carry the same request"
+        );
+        assert_eq!(
+            (json.candidates.len(), json.user.behaviors.len(), json.k),
+            (300, 7, 20)
+        );
+        assert!(json.candidates.iter().all(|c| ids.contains(c)));
+        assert!(json.user.behaviors.iter().all(|b| ids.contains(&b.item_id)));
+        assert_eq!(read("a", "pb"), read("b", "pb"), "same seed, same bytes");
+        assert_eq!(read("a", "json"), read("b", "json"));
+        assert_ne!(
+            read("a", "pb"),
+            read("c", "pb"),
+            "another seed, other requests"
+        );
+    }
+    assert!(!out.path().join("a/body-3.json").exists());
+}
+
+/// Equal JSON values, except that floating-point numbers may differ by their last bit.
+fn same_up_to_ulp(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            x == y || (x.to_bits() as i64 - y.to_bits() as i64).abs() <= 1
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_up_to_ulp(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_up_to_ulp(v, w)))
+        }
+        _ => a == b,
+    }
+}
