@@ -575,3 +575,67 @@ fn same_up_to_ulp(a: &Value, b: &Value) -> bool {
         _ => a == b,
     }
 }
+
+/// The permit is held while the body is read, and the read counts against the request deadline: a
+/// client trickling its body makes others get 503 `overloaded` while it holds the only permit, gets
+/// 504 `timeout` at the deadline, and then the permit is free again.
+#[tokio::test]
+async fn a_slow_body_holds_the_permit_only_until_the_deadline() {
+    use std::io::{Read, Write};
+    let (root, dir) = common::model_root(200, &[Dtype::F32]);
+    let id = Reference::open(&dir).ids()[0];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut cfg = prerank::server::ServeConfig::with_root(root.path().to_path_buf());
+    cfg.poll_seconds = 1;
+    cfg.max_inflight = 1;
+    cfg.request_timeout_ms = 1_000;
+    let handle = tokio::spawn(prerank::server::run(cfg, listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    common::wait_ready(&client, addr).await;
+
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        // 500 bytes announced, 11 sent, the connection left open.
+        s.write_all(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"user\": {}")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut out = [0u8; 4096];
+        let n = s.read(&mut out).unwrap_or(0);
+        (
+            String::from_utf8_lossy(&out[..n]).into_owned(),
+            started.elapsed(),
+        )
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let good = json!({"user": {}, "candidates": [id], "k": 1});
+    let busy = client
+        .post(format!("http://{addr}/v1/rank"))
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    let v: Value = busy.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded");
+    let (reply, waited) = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(reply.contains("\"timeout\""), "{reply}");
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    let ok = client
+        .post(format!("http://{addr}/v1/rank"))
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}

@@ -441,8 +441,23 @@ async fn rank_inner(
                 ApiError::Overloaded
             })?;
         // The same extractor (and so the same `DefaultBodyLimit`, 413 and 400) as before, only after
-        // the permit.
-        let body = Bytes::from_request(http_req, state).await.map_err(|rej| {
+        // the permit. The read counts against the request's deadline, so a client that trickles its
+        // body cannot hold a permit longer than that.
+        let read = Bytes::from_request(http_req, state);
+        let read = match state.request_timeout {
+            Some(limit) => {
+                let left = limit.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        telemetry::record_shed(telemetry::SHED_TIMEOUT);
+                        return Err(ApiError::Timeout(limit.as_millis() as u64));
+                    }
+                }
+            }
+            None => read.await,
+        };
+        let body = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::BodyTooLarge(state.limits.max_body_bytes)
             } else {
