@@ -528,13 +528,11 @@ fn bodies_command_writes_matching_pairs() {
         };
         let json: RankRequest = prerank::api::parse_json(&read("a", "json")).unwrap();
         let pb = proto::decode_request(&read("a", "pb")).unwrap();
-        // Floats within 1 ulp: serde_json (without its `float_roundtrip` feature) may parse a decimal
-        // to a neighbour of the exact double the protobuf body carries.
-        assert!(
-            same_up_to_ulp(
-                &serde_json::to_value(&json).unwrap(),
-                &serde_json::to_value(&pb).unwrap()
-            ),
+        // Exactly equal, floats included: serde_json's `float_roundtrip` feature (enabled in the
+        // workspace) parses a decimal to the nearest double, the one the protobuf body carries.
+        assert_eq!(
+            serde_json::to_value(&json).unwrap(),
+            serde_json::to_value(&pb).unwrap(),
             "body-{i}: the two encodings carry the same request"
         );
         assert_eq!(
@@ -552,28 +550,6 @@ fn bodies_command_writes_matching_pairs() {
         );
     }
     assert!(!out.path().join("a/body-3.json").exists());
-}
-
-/// Equal JSON values, except that floating-point numbers may differ by their last bit.
-fn same_up_to_ulp(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (
-                x.as_f64().unwrap_or(f64::NAN),
-                y.as_f64().unwrap_or(f64::NAN),
-            );
-            x == y || (x.to_bits() as i64 - y.to_bits() as i64).abs() <= 1
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_up_to_ulp(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_up_to_ulp(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 /// The permit is held while the body is read, and the read counts against the request deadline: a
