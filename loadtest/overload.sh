@@ -51,19 +51,6 @@ done
 # shellcheck source=loadtest/common.sh
 source "$(dirname "$0")/common.sh"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/prerank-overload.XXXXXX")"
-SERVER_PID=""
-SAMPLER_PID=""
-cleanup() {
-  [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null || true
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [[ "$KEEP" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
 MODEL=pfd-student
 echo "== synthetic snapshot: $ITEMS items"
 "$BIN" synth "$WORK/models/$MODEL/1" --items "$ITEMS" --golden 1 >/dev/null
@@ -85,18 +72,8 @@ for i in range(200):
     print(json.dumps(body, separators=(",", ":")))
 EOF
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ADDR="127.0.0.1:$PORT"
-echo "== starting prerank on $ADDR (--max-inflight $MAX_INFLIGHT)"
-"$BIN" serve --model-root "$WORK/models" --bind "$ADDR" --no-watch --poll-seconds 0 \
-  --max-inflight "$MAX_INFLIGHT" > "$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 300); do
-  if "$BIN" probe --addr "$ADDR" --path /readyz 2>/dev/null; then break; fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then cat "$WORK/server.log" >&2; exit 1; fi
-  sleep 0.1
-done
-"$BIN" probe --addr "$ADDR" --path /readyz || { echo "server never became ready" >&2; exit 1; }
+echo "== --max-inflight $MAX_INFLIGHT"
+start_server --model-root "$WORK/models" --no-watch --poll-seconds 0 --max-inflight "$MAX_INFLIGHT"
 
 sample_rss() { # every 100 ms: VmRSS kB, to $1
   while kill -0 "$SERVER_PID" 2>/dev/null; do
@@ -104,29 +81,24 @@ sample_rss() { # every 100 ms: VmRSS kB, to $1
     sleep 0.1
   done
 }
-if "$OHA" --help 2>/dev/null | grep -q -- '--output-format'; then
-  JSON_FLAG=(--output-format json)
-else
-  JSON_FLAG=(--json)
-fi
 IDLE_RSS_KB="$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")"
 
 echo "== phase 1: saturation, closed loop, $CONCURRENCY connections, ${DURATION}s"
-sample_rss "$WORK/rss-saturation.txt" & SAMPLER_PID=$!
+sample_rss "$WORK/rss-saturation.txt" & SAMPLER_PID=$!; BACKGROUND_PIDS+=("$SAMPLER_PID")
 "$OHA" "http://$ADDR/v1/rank" -m POST -T application/json -Z "$WORK/bodies.jsonl" \
   -c "$CONCURRENCY" -z "${DURATION}s" -w --no-tui --stats-success-breakdown "${JSON_FLAG[@]}" \
   > "$WORK/saturation.json"
-kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+kill "$SAMPLER_PID" 2>/dev/null || true
 RATE="$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$WORK/saturation.json")"
 OFFERED=$(( RATE * FACTOR ))
 echo "   saturation rate: $RATE req/s -> offering $OFFERED req/s"
 
 echo "== phase 2: overload, open loop at $OFFERED req/s, $OVERLOAD_CONNECTIONS connections, ${DURATION}s"
-sample_rss "$WORK/rss-overload.txt" & SAMPLER_PID=$!
+sample_rss "$WORK/rss-overload.txt" & SAMPLER_PID=$!; BACKGROUND_PIDS+=("$SAMPLER_PID")
 "$OHA" "http://$ADDR/v1/rank" -m POST -T application/json -Z "$WORK/bodies.jsonl" \
   -c "$OVERLOAD_CONNECTIONS" -q "$OFFERED" "${CORRECTION[@]}" -z "${DURATION}s" -w --no-tui \
   --stats-success-breakdown "${JSON_FLAG[@]}" > "$WORK/overload.json"
-kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+kill "$SAMPLER_PID" 2>/dev/null || true
 
 ALIVE=1
 kill -0 "$SERVER_PID" 2>/dev/null || ALIVE=0

@@ -38,19 +38,6 @@ done
 # shellcheck source=loadtest/common.sh
 source "$(dirname "$0")/common.sh"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/prerank-swap.XXXXXX")"
-SERVER_PID=""
-PUBLISHER_PID=""
-cleanup() {
-  [[ -n "$PUBLISHER_PID" ]] && kill "$PUBLISHER_PID" 2>/dev/null || true
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [[ "$KEEP" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
 MODEL=pfd-student
 SRC="$WORK/src/$MODEL/1"
 REPO="$WORK/models"
@@ -79,25 +66,7 @@ for i in range(200):
     print(json.dumps(body, separators=(",", ":")))
 EOF
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ADDR="127.0.0.1:$PORT"
-echo "== starting prerank on $ADDR"
-"$BIN" serve --model-root "$REPO" --bind "$ADDR" --poll-seconds 1 --log-json \
-  > "$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 300); do
-  if "$BIN" probe --addr "$ADDR" --path /readyz 2>/dev/null; then break; fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then cat "$WORK/server.log" >&2; exit 1; fi
-  sleep 0.1
-done
-"$BIN" probe --addr "$ADDR" --path /readyz || { echo "server never became ready" >&2; exit 1; }
-
-# oha >= 1.5 has --output-format json; older releases have --json.
-if "$OHA" --help 2>/dev/null | grep -q -- '--output-format'; then
-  JSON_FLAG=(--output-format json)
-else
-  JSON_FLAG=(--json)
-fi
+start_server --model-root "$REPO" --poll-seconds 1 --log-json
 run_oha() {
   "$OHA" "http://$ADDR/v1/rank" -m POST -T application/json -Z "$WORK/bodies.jsonl" \
     -c "$CONCURRENCY" -z "${DURATION}s" -w --no-tui "${JSON_FLAG[@]}" > "$1"
@@ -116,9 +85,9 @@ echo "== phase 2: ${DURATION}s load while publishing $SWAPS versions (every ${IN
   done
 ) &
 PUBLISHER_PID=$!
+BACKGROUND_PIDS+=("$PUBLISHER_PID")
 run_oha "$WORK/during.json"
 wait "$PUBLISHER_PID"
-PUBLISHER_PID=""
 LAST=$(( SWAPS + 1 ))
 # The last publish may still be loading: give it a moment, then read what is served.
 for _ in $(seq 1 100); do

@@ -9,6 +9,8 @@
 //! - `prerank_format` (workspace crate): snapshot format v1, readers and the atomic writer; the only
 //!   `unsafe` (mmap) lives in its `mmap` module.
 //! - [`api`]: the JSON wire types (plain serde data), shared by HTTP, golden checks and load tests.
+//! - [`proto`]: the protobuf encoding of the same wire types (prost, generated from `proto/`), decoded
+//!   into the [`api`] types so validation is shared.
 //! - [`model`]: the student user tower in ndarray (pure, sync, no I/O).
 //! - [`scoring`]: id lookup, SIMD dot products per dtype, top-k (pure, sync).
 //! - [`parallel`]: one large request split across a small scoring pool when cores are idle
@@ -26,7 +28,8 @@
 //!   Prometheus recorder, logging set-up.
 //! - [`synth`]: deterministic synthetic snapshots (tests, benchmarks, placeholder model).
 //!
-//! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`.
+//! `main.rs` is a thin CLI over these: `serve`, `publish`, `inspect`, `validate`, `synth`, `probe`,
+//! `bodies` (load-test request bodies in JSON and protobuf).
 
 pub mod api;
 pub mod buckets;
@@ -34,6 +37,7 @@ pub mod http;
 pub mod hugepages;
 pub mod model;
 pub mod parallel;
+pub mod proto;
 pub mod publish;
 pub mod registry;
 pub mod scoring;

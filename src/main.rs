@@ -73,6 +73,29 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         golden: usize,
     },
+    /// Write load-test request bodies over a snapshot's real item ids: DIR/body-<i>.json and
+    /// DIR/body-<i>.pb, the same request in JSON and in protobuf (deterministic from --seed).
+    Bodies {
+        /// The snapshot version directory whose item ids are drawn, e.g. models/pfd-student/1.
+        dir: PathBuf,
+        /// Candidates per request (drawn with replacement from the snapshot's ids).
+        #[arg(long)]
+        candidates: usize,
+        /// Number of request pairs to write.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// Behaviours per request.
+        #[arg(long, default_value_t = 50)]
+        behaviors: usize,
+        /// k of every request.
+        #[arg(long, default_value_t = 1000)]
+        k: i64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -99,6 +122,17 @@ fn main() -> ExitCode {
             model,
             golden,
         } => report(synth(dest, items, seed, dtypes, model, golden)),
+        Command::Bodies {
+            dir,
+            candidates,
+            count,
+            behaviors,
+            k,
+            seed,
+            out_dir,
+        } => report(bodies(
+            &dir, candidates, count, behaviors, k, seed, &out_dir,
+        )),
     }
 }
 
@@ -152,6 +186,52 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown signal received; draining in-flight requests");
+}
+
+/// `prerank bodies`: request pairs (JSON, protobuf) drawn from the snapshot's ids.
+fn bodies(
+    dir: &std::path::Path,
+    candidates: usize,
+    count: usize,
+    behaviors: usize,
+    k: i64,
+    seed: u64,
+    out_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use rand::SeedableRng;
+    let files = prerank_format::SnapshotFiles::open(
+        dir,
+        &prerank_format::OpenOptions {
+            verify_checksums: false,
+            verify_contents: false,
+            huge_pages: false,
+            load_mode: prerank_format::reader::LoadMode::Mmap,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("opening snapshot {}", dir.display()))?;
+    let ids = files.index.ids();
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "{}: the snapshot has no items",
+        dir.display()
+    );
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for i in 0..count {
+        let req = prerank::synth::sample_request_sized(&mut rng, ids, candidates, behaviors, k);
+        let json = serde_json::to_vec(&req)?;
+        let pb = prerank::proto::encode_request(&req)?;
+        for (ext, bytes) in [("json", &json), ("pb", &pb)] {
+            let path = out_dir.join(format!("body-{i}.{ext}"));
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    println!(
+        "wrote {count} request pairs (body-<i>.json, body-<i>.pb) to {}",
+        out_dir.display()
+    );
+    Ok(())
 }
 
 fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {

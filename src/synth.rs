@@ -204,14 +204,28 @@ pub fn generate(dest: &Path, cfg: &SynthConfig) -> Result<Manifest, SnapshotErro
     Ok(write_snapshot(dest, &parts)?)
 }
 
-/// A sample request over the snapshot's items (shared with tests and the load generators).
+/// A sample request over the snapshot's items (shared with tests and the load generators), with
+/// 0..60 behaviours.
 pub fn sample_request(
     rng: &mut impl Rng,
     item_ids: &[u64],
     candidates: usize,
     k: i64,
 ) -> RankRequest {
-    let behaviors = (0..rng.gen_range(0..60usize))
+    let behaviors = rng.gen_range(0..60usize);
+    sample_request_sized(rng, item_ids, candidates, behaviors, k)
+}
+
+/// [`sample_request`] with exactly `behaviors` behaviours (load-test bodies, decode benchmarks):
+/// behaviour and candidate ids are drawn from `item_ids`, profile features as in the golden checks.
+pub fn sample_request_sized(
+    rng: &mut impl Rng,
+    item_ids: &[u64],
+    candidates: usize,
+    behaviors: usize,
+    k: i64,
+) -> RankRequest {
+    let behaviors = (0..behaviors)
         .map(|_| {
             let item_id = *item_ids.choose(rng).unwrap_or(&0);
             let mut fields = BTreeMap::new();

@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::negotiate::Encoding;
 use crate::api::{ErrorBody, ErrorDetail};
 use crate::buckets::BucketError;
 use crate::model::ModelError;
@@ -17,11 +18,15 @@ use crate::registry::{LifecycleError, RegistryError};
 pub enum ApiError {
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    #[error("malformed protobuf: {0}")]
+    MalformedProtobuf(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("could not read the request body: {0}")]
     BadBody(String),
-    #[error("content type {0:?} is not supported; send application/json")]
+    #[error(
+        "content type {0:?} is not supported; send application/json or application/x-protobuf"
+    )]
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
@@ -80,6 +85,7 @@ impl ApiError {
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::MalformedProtobuf(_) => (StatusCode::BAD_REQUEST, "malformed_protobuf"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::UnsupportedMediaType(_) => {
@@ -174,17 +180,33 @@ impl From<LifecycleError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.into_response_as(Encoding::Json)
+    }
+}
+
+impl ApiError {
+    /// The error response in the negotiated encoding: JSON `{"error": {"code", "message"}}` or a
+    /// protobuf `ErrorBody` with the same code and message; same status and headers either way.
+    pub fn into_response_as(self, encoding: Encoding) -> Response {
         let (status, code) = self.status_code();
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
         let message = self.to_string();
-        let body = Json(ErrorBody {
-            error: ErrorDetail {
-                code: code.to_string(),
-                message,
-            },
-        });
+        let body = match encoding {
+            Encoding::Json => Json(ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_string(),
+                    message,
+                },
+            })
+            .into_response(),
+            Encoding::Protobuf => (
+                [(header::CONTENT_TYPE, crate::proto::CONTENT_TYPE)],
+                crate::proto::encode_error(code, &message),
+            )
+                .into_response(),
+        };
         if status == StatusCode::SERVICE_UNAVAILABLE {
             (status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else if status == StatusCode::UNAUTHORIZED {

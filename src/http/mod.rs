@@ -6,6 +6,11 @@
 //! are already computing, a new one is refused at once with 503 + `Retry-After` instead of queueing.
 //! Every error becomes `{"error": {"code", "message"}}` through one exhaustive match in [`ApiError`].
 //!
+//! `POST /v1/rank` also speaks protobuf ([`crate::proto`]): [`negotiate`] picks the request decoder from
+//! `Content-Type` and the response (and error) encoding from `Accept`. Both decoders produce the same
+//! [`RankRequest`], so validation and errors are shared. The in-flight permit is taken before the body
+//! is read, so shedding under overload costs neither a body read nor a decode.
+//!
 //! Every request passes through [`track`] first: it takes the request id from `x-request-id` (or
 //! generates one), opens a tracing span with it, counts the request as in flight (what graceful
 //! shutdown waits for) and echoes the id in the response's `x-request-id` header. Ranking work has a
@@ -23,6 +28,7 @@
 
 mod admin;
 mod error;
+mod negotiate;
 mod serve;
 
 use std::collections::BTreeSet;
@@ -31,8 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -44,11 +49,13 @@ use tracing::Instrument;
 
 pub use admin::{admin_router, AdminState, Secret};
 pub use error::ApiError;
+pub use negotiate::Encoding;
 pub use serve::{serve, ConnLimits};
 
 use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
 use crate::buckets::{BucketSpec, Buckets, BUCKET_HEADER};
 use crate::model::UserInput;
+use crate::proto::ProtoError;
 use crate::registry::{Registry, RegistryError, VersionStatus};
 use crate::scoring::Scratch;
 use crate::snapshot::SnapshotInfo;
@@ -262,19 +269,6 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(()); // lenient: a missing content type is read as JSON
-    };
-    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType(essence.to_string()))
-    }
-}
-
 /// The response's request id: the body's `request_id` if given, else the header's (or generated) one.
 fn request_id(headers: &HeaderMap, tracked: Option<&RequestId>, body_id: Option<&str>) -> String {
     if let Some(id) = body_id.filter(|s| !s.is_empty()) {
@@ -331,6 +325,13 @@ fn rank_timed(
 }
 
 /// Ranks the candidates for one user and returns the top k.
+///
+/// JSON by default. The same request and response also exist in protobuf (schema
+/// `proto/prerank/v1/rank.proto`, package `prerank.v1`; candidates are packed `fixed64`): send
+/// `Content-Type: application/x-protobuf` (or `application/protobuf`, `application/vnd.google.protobuf`).
+/// The response follows `Accept` when it names exactly one of `application/json` and
+/// `application/x-protobuf`, else the request's encoding; errors are encoded the same way (protobuf
+/// `ErrorBody {code, message}`, same status and code). Undecodable protobuf is 400 `malformed_protobuf`.
 #[utoipa::path(
     post,
     path = "/v1/rank",
@@ -341,28 +342,35 @@ fn rank_timed(
     ),
     responses(
         (status = 200, description = "Top-k items", body = crate::api::RankResponse),
-        (status = 400, description = "Malformed JSON or unreadable body", body = crate::api::ErrorBody),
+        (status = 400, description = "Malformed JSON or protobuf, or unreadable body", body = crate::api::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::api::ErrorBody),
         (status = 413, description = "Body larger than the limit", body = crate::api::ErrorBody),
-        (status = 415, description = "Content type is not JSON", body = crate::api::ErrorBody),
+        (status = 415, description = "Content type is neither JSON nor protobuf", body = crate::api::ErrorBody),
         (status = 422, description = "Well-formed but invalid request", body = crate::api::ErrorBody),
         (status = 503, description = "Overloaded, not ready or bucket unavailable (Retry-After)", body = crate::api::ErrorBody),
         (status = 504, description = "Past the request deadline", body = crate::api::ErrorBody)
     )
 )]
-async fn rank(
-    State(state): State<AppState>,
-    tracked: Option<axum::Extension<RequestId>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn rank(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let tracked = tracked.map(|axum::Extension(id)| id);
-    let (result, labels) = rank_inner(&state, &headers, tracked.as_ref(), body, started).await;
+    let tracked = req.extensions().get::<RequestId>().cloned();
+    let headers = req.headers().clone();
+    let request_encoding = negotiate::request_encoding(&headers);
+    let response_encoding =
+        negotiate::response_encoding(&headers, request_encoding.as_ref().ok().copied());
+    let (result, labels) = match request_encoding {
+        Ok(encoding) => {
+            rank_inner(&state, &headers, tracked.as_ref(), encoding, req, started).await
+        }
+        Err(e) => (Err(e), telemetry::Labels::default()),
+    };
     let (id, response) = match result {
         Ok(resp) => {
             let t = Instant::now();
-            let encoded = serde_json::to_vec(&resp);
+            let encoded = match response_encoding {
+                Encoding::Json => serde_json::to_vec(&resp),
+                Encoding::Protobuf => Ok(crate::proto::encode_response(&resp)),
+            };
             telemetry::record_stage(telemetry::STAGE_ENCODE, t.elapsed());
             let id = resp.request_id;
             match encoded {
@@ -370,18 +378,19 @@ async fn rank(
                     Some(id),
                     (
                         StatusCode::OK,
-                        [(header::CONTENT_TYPE, "application/json")],
+                        [(header::CONTENT_TYPE, response_encoding.content_type())],
                         bytes,
                     )
                         .into_response(),
                 ),
                 Err(e) => (
                     Some(id),
-                    ApiError::Internal(format!("encoding the response: {e}")).into_response(),
+                    ApiError::Internal(format!("encoding the response: {e}"))
+                        .into_response_as(response_encoding),
                 ),
             }
         }
-        Err(e) => (None, e.into_response()),
+        Err(e) => (None, e.into_response_as(response_encoding)),
     };
     telemetry::record_request(
         "/v1/rank",
@@ -396,27 +405,67 @@ async fn rank(
     response
 }
 
+/// Decodes a request body in its encoding; errors keep the codes of [`ApiError`] (JSON syntax 400
+/// `malformed_json`, undecodable protobuf 400 `malformed_protobuf`, shape 422 `invalid_request`).
+fn decode_body(body: &[u8], encoding: Encoding) -> Result<RankRequest, ApiError> {
+    match encoding {
+        Encoding::Json => parse_json(body).map_err(|e| match e {
+            ParseError::Syntax(m) => ApiError::MalformedJson(m),
+            ParseError::Shape(m) => ApiError::InvalidRequest(m),
+        }),
+        Encoding::Protobuf => crate::proto::decode_request(body).map_err(|e| match e {
+            ProtoError::Malformed(m) => ApiError::MalformedProtobuf(m),
+            ProtoError::Shape(m) => ApiError::InvalidRequest(m),
+            ProtoError::Feature(m) => ApiError::InvalidFeature(m),
+        }),
+    }
+}
+
 async fn rank_inner(
     state: &AppState,
     headers: &HeaderMap,
     tracked: Option<&RequestId>,
-    body: Result<Bytes, BytesRejection>,
+    encoding: Encoding,
+    http_req: Request,
     started: Instant,
 ) -> (Result<RankResponse, ApiError>, telemetry::Labels) {
     let mut labels = telemetry::Labels::default();
     let result = async {
-        check_content_type(headers)?;
-        let body = body.map_err(|rej| {
+        // Shed before reading the body: under overload a refused request costs no body read and no
+        // decode, so the accepted requests' latency does not grow with the number of connections.
+        // The permit is held through decoding and scoring.
+        let permit = Arc::clone(&state.inflight)
+            .try_acquire_owned()
+            .map_err(|_| {
+                telemetry::record_shed(telemetry::SHED_OVERLOADED);
+                ApiError::Overloaded
+            })?;
+        // The same extractor (and so the same `DefaultBodyLimit`, 413 and 400) as before, only after
+        // the permit. The read counts against the request's deadline, so a client that trickles its
+        // body cannot hold a permit longer than that.
+        let read = Bytes::from_request(http_req, state);
+        let read = match state.request_timeout {
+            Some(limit) => {
+                let left = limit.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        telemetry::record_shed(telemetry::SHED_TIMEOUT);
+                        return Err(ApiError::Timeout(limit.as_millis() as u64));
+                    }
+                }
+            }
+            None => read.await,
+        };
+        let body = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::BodyTooLarge(state.limits.max_body_bytes)
             } else {
                 ApiError::BadBody(rej.body_text())
             }
         })?;
-        let req: RankRequest = parse_json(&body).map_err(|e| match e {
-            ParseError::Syntax(m) => ApiError::MalformedJson(m),
-            ParseError::Shape(m) => ApiError::InvalidRequest(m),
-        })?;
+        let req = decode_body(&body, encoding)?;
+        drop(body);
         let limits = &state.limits;
         if req.k <= 0 || req.k as u64 > limits.max_k as u64 {
             return Err(ApiError::InvalidK {
@@ -472,12 +521,6 @@ async fn rank_inner(
         };
         labels.model = snap.info().model.clone();
         labels.version = snap.info().version.to_string();
-        let permit = Arc::clone(&state.inflight)
-            .try_acquire_owned()
-            .map_err(|_| {
-                telemetry::record_shed(telemetry::SHED_OVERLOADED);
-                ApiError::Overloaded
-            })?;
         telemetry::record_stage(telemetry::STAGE_DECODE, started.elapsed());
         let k = req.k as usize;
         let request_id = request_id(headers, tracked, req.request_id.as_deref());
