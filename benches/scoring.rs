@@ -19,6 +19,7 @@
 //!   tower: one user mapping + N inner products (f32), against N full mappings (a model without the
 //!   two-tower split runs the network once per candidate; emulated by N user-tower forward passes).
 //!
+//! `PRERANK_BENCH_NS` (comma-separated) replaces the candidate counts N = 10^3, 10^4, 10^5.
 //! The corpus (d = 128, f32 + f16 + int8) lives in `$PRERANK_BENCH_DIR/items-$PRERANK_BENCH_ITEMS/
 //! bench/1` (defaults: `target/bench-snapshots`, 1,000,000 items) and is generated on first use
 //! (10^7 items: about 80 s and 16 GB of memory, 10 GB on disk). Timings are reported in
@@ -171,7 +172,15 @@ fn benches(c: &mut Criterion) {
     let u = snap.user_vector(&input).unwrap();
     let tau = snap.manifest().tau;
     let files = snap.files();
-    let sizes = [1_000usize, 10_000, 100_000];
+    // PRERANK_BENCH_NS overrides the candidate counts, e.g. `20000` for the service comparison.
+    let sizes: Vec<usize> = std::env::var("PRERANK_BENCH_NS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("PRERANK_BENCH_NS: comma-separated counts"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
     let dtypes = [Dtype::F32, Dtype::F16, Dtype::Int8];
     // One candidate set per (dtype, N), the same for every variant of that pair.
     let sets: Vec<Vec<Vec<u64>>> = dtypes
@@ -229,7 +238,7 @@ fn benches(c: &mut Criterion) {
     group.sample_size(20);
     for (d, &dtype) in dtypes.iter().enumerate() {
         let vectors = files.vectors_for(dtype).expect("dtype stored");
-        for cands in &sets[d][1..] {
+        for cands in sets[d].iter().filter(|c| c.len() >= 10_000) {
             group.throughput(Throughput::Elements(cands.len() as u64));
             group.bench_with_input(
                 BenchmarkId::new(format!("{}_threads{threads}", dtype.name()), cands.len()),

@@ -7,7 +7,8 @@
 # resident / huge-page bytes (from /metrics). Prints medians and writes JSON to loadtest/results/.
 #
 #   loadtest/startup.sh [--items N] [--runs R] [--dir PATH] [--extra "FLAGS"]
-#   env: PRERANK_STARTUP_DIR (snapshot root, default /work/bench-snapshots/startup-int8-<N>),
+#   env: PRERANK_STARTUP_DIR (snapshot root, default $PRERANK_BENCH_DIR/startup-int8-<N>, where
+#        PRERANK_BENCH_DIR defaults to target/bench-snapshots),
 #        PRERANK_BIN (release binary; built otherwise)
 #
 # Modes: `lazy`  = --verify deferred --warmup-rounds 0 (item files checked in the background)
@@ -30,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-DIR="${DIR:-${PRERANK_STARTUP_DIR:-/work/bench-snapshots/startup-int8-$ITEMS}}"
+DIR="${DIR:-${PRERANK_STARTUP_DIR:-${PRERANK_BENCH_DIR:-target/bench-snapshots}/startup-int8-$ITEMS}}"
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 2; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -2,10 +2,13 @@
 """Turns benchmark results into the tables and plots of docs/benchmarks.md.
 
 Inputs (each optional):
-  --criterion DIR   criterion's output directory (default target/criterion): every
-                    <bench>/new/{benchmark,estimates}.json; scoring benchmarks are recognised by a
-                    function id `<dtype>` / `<dtype>_read_floor` with the candidate count as value,
-                    and the corpus size from `items<digits>` in the group name.
+  --criterion DIR[=ITEMS] ...
+                    criterion output directories (default target/criterion), one per run (copy
+                    target/criterion aside after each `cargo bench`); ITEMS is the corpus size of
+                    that run (default 1000000). Every <bench>/new/{benchmark,estimates}.json is read;
+                    scoring benchmarks are recognised by a function id `<dtype>` /
+                    `<dtype>_read_floor` with the candidate count as value. Several runs of the same
+                    benchmark are reduced to the median (kernel / floor: median of the per-run ratios).
   --matrix FILE...  loadtest/matrix.sh result files.
   --numpy FILE      scripts/numpy_scoring.py result file.
 Outputs: markdown tables on stdout, PNG plots in --plots (default docs/img).
@@ -18,6 +21,7 @@ import glob
 import json
 import os
 import re
+import statistics
 from collections import defaultdict
 
 import matplotlib
@@ -28,48 +32,63 @@ import matplotlib.pyplot as plt  # noqa: E402
 DTYPES = ("f32", "f16", "int8")
 
 
-def load_criterion(root):
+def load_criterion(specs):
     rows = []
-    for path in glob.glob(os.path.join(root, "**", "new", "benchmark.json"), recursive=True):
-        bench = json.load(open(path))
-        est = json.load(open(os.path.join(os.path.dirname(path), "estimates.json")))
-        rows.append({"group": bench["group_id"], "function": bench.get("function_id") or "",
-                     "value": bench.get("value_str") or "",
-                     "median_ms": est["median"]["point_estimate"] / 1e6})
+    for run, spec in enumerate(specs):
+        root, _, items = spec.partition("=")
+        for path in glob.glob(os.path.join(root, "**", "new", "benchmark.json"), recursive=True):
+            bench = json.load(open(path))
+            est = json.load(open(os.path.join(os.path.dirname(path), "estimates.json")))
+            rows.append({"run": run, "items": int(items or 1_000_000), "group": bench["group_id"],
+                         "function": bench.get("function_id") or "",
+                         "value": bench.get("value_str") or "",
+                         "median_ms": est["median"]["point_estimate"] / 1e6})
     return rows
 
 
 def scoring_table(rows):
-    """{(group, items, dtype, n): {"kernel": ms, "floor": ms}}"""
-    table = defaultdict(dict)
+    """{(group, items, dtype, n): {"kernel": ms, "floor": ms, "ratio": x, "runs": r}}, medians over runs."""
+    runs = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         m = re.fullmatch(r"(f32|f16|int8)(_read_floor)?", r["function"])
         if not m or not r["value"].isdigit():
             continue
-        items = re.search(r"items(\d+)", r["group"])
-        key = (r["group"], int(items.group(1)) if items else 1_000_000, m.group(1), int(r["value"]))
-        table[key]["floor" if m.group(2) else "kernel"] = r["median_ms"]
+        key = (r["group"], r["items"], m.group(1), int(r["value"]))
+        runs[key][r["run"]]["floor" if m.group(2) else "kernel"] = r["median_ms"]
+    table = {}
+    for key, per_run in runs.items():
+        kernels = [v["kernel"] for v in per_run.values() if "kernel" in v]
+        floors = [v["floor"] for v in per_run.values() if "floor" in v]
+        ratios = [v["kernel"] / v["floor"] for v in per_run.values() if "kernel" in v and "floor" in v]
+        entry = {"runs": len(per_run)}
+        if kernels:
+            entry["kernel"] = statistics.median(kernels)
+        if floors:
+            entry["floor"] = statistics.median(floors)
+        if ratios:
+            entry["ratio"] = statistics.median(ratios)
+        table[key] = entry
     return table
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--criterion", default="target/criterion")
+    ap.add_argument("--criterion", nargs="*", default=["target/criterion"])
     ap.add_argument("--matrix", nargs="*", default=[])
     ap.add_argument("--numpy")
     ap.add_argument("--plots", default="docs/img")
     args = ap.parse_args()
     os.makedirs(args.plots, exist_ok=True)
 
-    rows = load_criterion(args.criterion) if os.path.isdir(args.criterion) else []
+    rows = load_criterion([c for c in args.criterion if os.path.isdir(c.partition("=")[0])])
     table = scoring_table(rows)
     if table:
-        print("| group | items | dtype | N | kernel ms | read floor ms | kernel / floor |")
-        print("|---|---:|---|---:|---:|---:|---:|")
+        print("| group | items | dtype | N | kernel ms | read floor ms | kernel / floor | runs |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
         for (group, items, dtype, n), v in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1], DTYPES.index(kv[0][2]), kv[0][3])):
             k, f = v.get("kernel"), v.get("floor")
-            ratio = f"{k / f:.2f}" if k and f else "-"
-            print(f"| {group} | {items:,} | {dtype} | {n:,} | {k or float('nan'):.3f} | {f or float('nan'):.3f} | {ratio} |")
+            ratio = f"{v['ratio']:.2f}" if "ratio" in v else "-"
+            print(f"| {group} | {items:,} | {dtype} | {n:,} | {k or float('nan'):.3f} | {f or float('nan'):.3f} | {ratio} | {v['runs']} |")
         print()
         groups = sorted({(g, items) for g, items, _, _ in table})
         fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
@@ -91,14 +110,17 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(args.plots, "kernel-latency-vs-n.png"), dpi=110)
         plt.close(fig)
-        others = [r for r in rows if not re.fullmatch(r"(f32|f16|int8)(_read_floor)?", r["function"]) or not r["value"].isdigit()]
-        if others:
-            print("| benchmark | median ms |")
-            print("|---|---:|")
-            for r in sorted(others, key=lambda r: (r["group"], r["function"], r["value"])):
-                name = "/".join(x for x in (r["group"], r["function"], r["value"]) if x)
-                print(f"| {name} | {r['median_ms']:.4f} |")
-            print()
+    others = defaultdict(list)
+    for r in rows:
+        if not re.fullmatch(r"(f32|f16|int8)(_read_floor)?", r["function"]) or not r["value"].isdigit():
+            name = "/".join(x for x in (r["group"], r["function"], r["value"]) if x)
+            others[(name, r["items"])].append(r["median_ms"])
+    if others:
+        print("| benchmark | items | median ms (median over runs) | runs |")
+        print("|---|---:|---:|---:|")
+        for (name, items), v in sorted(others.items()):
+            print(f"| {name} | {items:,} | {statistics.median(v):.4f} | {len(v)} |")
+        print()
 
     if args.numpy:
         doc = json.load(open(args.numpy))

@@ -8,7 +8,7 @@ It follows docs/snapshot-format.md (sections 6 and 7) and nothing from the Rust 
 second reading of the format. Timings are the median of --repeats calls per (dtype, N), after one
 warm-up call; the candidate sets are random samples of the snapshot's ids (seeded).
 
-    python3 scripts/numpy_scoring.py /work/bench-snapshots/items-1000000/bench/1 \
+    python3 scripts/numpy_scoring.py target/bench-snapshots/items-1000000/bench/1 \
         --ns 1000,10000,100000 --k 1000 --repeats 20 --out loadtest/results/numpy-scoring.json
 """
 import argparse
