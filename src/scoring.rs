@@ -220,11 +220,10 @@ fn f16_bits_to_f32(h: u16) -> f32 {
 
 const LANES: usize = 16;
 
-/// The lane accumulators and the tail of a dot product, generic over the element conversion;
-/// always inlined into a multiversioned caller so they are compiled for its target features. The
-/// final sum is [`reduce`], kept separate so that [`score_rows`] can defer it (see there).
+/// The dot-product bodies, generic over the element conversion; always inlined into a
+/// multiversioned caller so they are compiled for its target features.
 #[inline(always)]
-fn dot_lanes<T: Copy>(a: &[f32], b: &[T], conv: impl Fn(T) -> f32) -> ([f32; LANES], f32) {
+fn dot_body<const FOLD: bool, T: Copy>(a: &[f32], b: &[T], conv: impl Fn(T) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -239,27 +238,16 @@ fn dot_lanes<T: Copy>(a: &[f32], b: &[T], conv: impl Fn(T) -> f32) -> ([f32; LAN
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * conv(*y);
     }
-    (acc, tail)
-}
-
-/// The final sum of [`dot_lanes`]' accumulators. With `FOLD` the two halves are added with one
-/// vector add first, then 8 lanes summed: a serial chain of 8 scalar adds instead of 16. Measured
-/// faster for f16 only: for f32 and int8 (and for a full pairwise reduction, 16 -> 8 -> 4 -> 1, for
-/// all three) LLVM then vectorises the main loop at 2 lanes instead of 8 and the row time doubles.
-#[inline(always)]
-fn reduce<const FOLD: bool>(acc: &[f32; LANES], tail: f32) -> f32 {
     if FOLD {
+        // Fold the two halves with one vector add, then sum 8 lanes: a serial chain of 8 scalar
+        // adds per row instead of 16. Measured faster for f16 only: for f32 and int8 (and for a
+        // full pairwise reduction, 16 -> 8 -> 4 -> 1, for all three) LLVM then vectorises the main
+        // loop at 2 lanes instead of 8 and the row time doubles.
         let half: [f32; LANES / 2] = std::array::from_fn(|l| acc[l] + acc[l + LANES / 2]);
         half.iter().sum::<f32>() + tail
     } else {
         acc.iter().sum::<f32>() + tail
     }
-}
-
-#[inline(always)]
-fn dot_body<const FOLD: bool, T: Copy>(a: &[f32], b: &[T], conv: impl Fn(T) -> f32) -> f32 {
-    let (acc, tail) = dot_lanes(a, b, conv);
-    reduce::<FOLD>(&acc, tail)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
@@ -351,17 +339,8 @@ impl<'a> TopK<'a> {
     }
 }
 
-/// Rows per block of deferred reductions in [`score_rows`].
-const REDUCE_BLOCK: usize = 16;
-
 /// Pass 2 for one dtype: scores `hits` (rows of `body`, `stride` bytes apart) and pushes
 /// `tau * dot` into `top`, prefetching `ahead` rows ahead. Multiversioned once per call.
-///
-/// The rows go in blocks of [`REDUCE_BLOCK`]: first the lane accumulators of every row of the block
-/// (the memory-bound part), then each row's final sum and its top-k push. A row's final sum is a
-/// serial chain of scalar adds (~50 cycles); computed right after its row it sat behind stalled
-/// prefetches, deferred to the block's end the chains of 16 rows are independent and overlap. The
-/// arithmetic, and so every score, is bit-identical to [`dot_fast`].
 macro_rules! score_loop {
     ($name:ident, $elem:ty, $conv:expr, $int8:expr, $fold:expr) => {
         #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
@@ -377,39 +356,27 @@ macro_rules! score_loop {
         ) {
             let dim = u.len();
             let elem = std::mem::size_of::<$elem>();
-            let mut accs = [[0f32; LANES]; REDUCE_BLOCK];
-            let mut tails = [0f32; REDUCE_BLOCK];
-            let mut scales = [1f32; REDUCE_BLOCK];
-            for (c, block) in hits.chunks(REDUCE_BLOCK).enumerate() {
-                for (r, &(row, _)) in block.iter().enumerate() {
-                    if let Some(&(next, _)) = hits.get(c * REDUCE_BLOCK + r + ahead) {
-                        let base = next as usize * stride;
-                        let mut line = 0;
-                        while line < payload {
-                            prefetch(body, base + line);
-                            line += 64;
-                        }
-                    }
-                    let base = row as usize * stride;
-                    let raw = &body[base..base + payload];
-                    let values: &[$elem] = bytemuck::cast_slice(&raw[..dim * elem]);
-                    (accs[r], tails[r]) = dot_lanes(u, values, $conv);
-                    if $int8 {
-                        let at = dim.div_ceil(4) * 4;
-                        scales[r] =
-                            f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+            for (j, &(row, id)) in hits.iter().enumerate() {
+                if let Some(&(next, _)) = hits.get(j + ahead) {
+                    let base = next as usize * stride;
+                    let mut line = 0;
+                    while line < payload {
+                        prefetch(body, base + line);
+                        line += 64;
                     }
                 }
-                for (r, &(_, id)) in block.iter().enumerate() {
-                    let mut dot = reduce::<$fold>(&accs[r], tails[r]);
-                    if $int8 {
-                        dot *= scales[r];
-                    }
-                    top.push(Scored {
-                        item_id: id,
-                        score: tau * dot,
-                    });
+                let base = row as usize * stride;
+                let raw = &body[base..base + payload];
+                let values: &[$elem] = bytemuck::cast_slice(&raw[..dim * elem]);
+                let mut dot = dot_body::<$fold, _>(u, values, $conv);
+                if $int8 {
+                    let at = dim.div_ceil(4) * 4;
+                    dot *= f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
                 }
+                top.push(Scored {
+                    item_id: id,
+                    score: tau * dot,
+                });
             }
         }
     };
