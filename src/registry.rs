@@ -106,7 +106,8 @@ pub enum VersionState {
     Loading,
     /// Verified and live.
     Available,
-    /// Complete but rejected (checksum, contents, golden checks, manifest/directory mismatch).
+    /// Complete but rejected (checksum, contents, golden checks, manifest/directory mismatch), at
+    /// load or by its deferred verification; not served, not retried by scans.
     Failed { reason: String },
 }
 
