@@ -177,7 +177,11 @@ fn benches(c: &mut Criterion) {
         .ok()
         .map(|v| {
             v.split(',')
-                .map(|n| n.trim().parse().expect("PRERANK_BENCH_NS: comma-separated counts"))
+                .map(|n| {
+                    n.trim()
+                        .parse()
+                        .expect("PRERANK_BENCH_NS: comma-separated counts")
+                })
                 .collect()
         })
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);

@@ -19,9 +19,11 @@
 //! - [`snapshot`]: a loaded, verified snapshot (golden checks replayed) and its `rank` entry point.
 //! - [`buckets`]: A/B bucket plan: salted-hash assignment of users, overrides, container pin (pure).
 //! - [`registry`]: the model repository (version policies, completeness, verified loading and warm-up)
-//!   and the live snapshots behind one `ArcSwap`; status per version; lifecycle operations.
+//!   and the live snapshots behind one `ArcSwap`; status per version; lifecycle operations, including
+//!   taking out of service a version whose deferred (background) verification fails.
 //! - [`publish`]: `prerank publish`: verify, copy to a temp directory, fsync, atomic rename.
-//! - [`watch`]: discovery of new versions (file watcher + polling fallback; tokio).
+//! - [`watch`]: discovery of new versions (file watcher + polling fallback; tokio); also drives the
+//!   registry's release of replaced snapshots and its deferred-verification reports.
 //! - [`http`]: the axum routers (ranking API and admin API), handlers and the error -> status mapping.
 //! - [`server`]: configuration, [`server::run`] (ranking listener and optional admin listener).
 //! - [`telemetry`]: metric names (recorded from any layer through the `metrics` facade), the

@@ -23,9 +23,22 @@
 //! - A replaced snapshot is parked until no request holds it and then dropped by [`Registry::reap`]
 //!   on a lifecycle thread (the discovery loop calls it a few times a second), so the munmap of a
 //!   large snapshot never lands on a request's latency.
+//! - `--verify deferred` ([`LoadOptions::defer_item_verification`]): a version serves after the
+//!   structural checks, and the registry checks its item files on a `prerank-verify` thread of their
+//!   own. The thread only reports (a shared queue); the lifecycle side applies the reports under the
+//!   lifecycle lock ([`Registry::apply_verifications`], called by the discovery loop next to `reap`
+//!   and by [`Registry::reconcile_all`]). A failed check makes the version `failed`, exactly like a
+//!   load-time rejection (never retried by scans; an admin load retries it), and takes it out of
+//!   service: the policy's best remaining version replaces it in one swap, loaded first if needed, so
+//!   requests never see a gap. Under `latest` that is the highest good version; a model pinned to the
+//!   failed version is re-pinned to the highest good version below it (what `rollback` picks, never a
+//!   newer one); a bucket-pinned failed version stays unloaded (its bucket and readiness fail). When
+//!   no good version is left the model is unloaded: wrong scores are worse than a 503. Reports are
+//!   matched to the load they verified, so a late report never touches a newer load of the version.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -36,7 +49,7 @@ use serde::Serialize;
 
 use crate::api::RankRequest;
 use crate::scoring::Scratch;
-use crate::snapshot::{LoadOptions, Snapshot};
+use crate::snapshot::{verify_item_files, LoadOptions, Snapshot};
 use crate::telemetry;
 
 /// Errors of the registry layer (what a request can hit when choosing a model).
@@ -93,7 +106,8 @@ pub enum VersionState {
     Loading,
     /// Verified and live.
     Available,
-    /// Complete but rejected (checksum, contents, golden checks, manifest/directory mismatch).
+    /// Complete but rejected (checksum, contents, golden checks, manifest/directory mismatch), at
+    /// load or by its deferred verification; not served, not retried by scans.
     Failed { reason: String },
 }
 
@@ -143,6 +157,20 @@ struct Book {
     policy: BTreeMap<String, VersionPolicy>,
     /// Models unloaded by an operator: not loaded again until an explicit load.
     unloaded: BTreeSet<String>,
+    /// Versions whose deferred verification is running: the id of the load it verifies (a report
+    /// about an older load of the same version is stale and ignored).
+    verifying: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+/// What a `prerank-verify` thread reports about one deferred load.
+#[derive(Debug)]
+struct VerifyReport {
+    model: String,
+    version: u64,
+    /// The load it verified ([`Book::verifying`]).
+    load_id: u64,
+    /// `Err(reason)`: the item files do not verify.
+    result: Result<(), String>,
 }
 
 /// What the admin API reports about one model.
@@ -172,6 +200,11 @@ pub struct Registry {
     /// Replaced snapshots waiting for their last request. [`Registry::reap`] drops them on a
     /// lifecycle thread once nothing else holds them, so no request pays for the munmap.
     retired: Mutex<Vec<Arc<Snapshot>>>,
+    /// Outcomes of deferred verifications, pushed by their threads and applied by
+    /// [`Registry::apply_verifications`] on the lifecycle side.
+    verify_reports: Arc<Mutex<Vec<VerifyReport>>>,
+    /// Source of load ids (deferred verification reports name the load they checked).
+    next_load_id: AtomicU64,
     default_model: Option<String>,
     load_options: LoadOptions,
     /// (model, pinned version) each configured bucket needs live; empty without buckets.
@@ -252,6 +285,8 @@ impl Registry {
             book: Mutex::new(Book::default()),
             lifecycle: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
+            verify_reports: Arc::new(Mutex::new(Vec::new())),
+            next_load_id: AtomicU64::new(1),
             default_model,
             load_options,
             bucket_targets: Vec::new(),
@@ -442,8 +477,9 @@ impl Registry {
     // ---- lifecycle ----------------------------------------------------------------------------
 
     /// Scans the whole repository and brings every model to its policy (blocking: call from a
-    /// blocking thread).
+    /// blocking thread). Applies pending deferred-verification reports first.
     pub fn reconcile_all(&self) {
+        self.apply_verifications();
         let mut names: BTreeSet<String> = match self.model_names() {
             Ok(n) => {
                 if n.is_empty() {
@@ -561,6 +597,13 @@ impl Registry {
         let _guard = self.lock_lifecycle();
         let model = snap.info().model.clone();
         let version = snap.info().version;
+        if let Some(dir) = snap.deferred_verification() {
+            if let Err(reason) = self.start_deferred_verification(&model, version, dir) {
+                tracing::error!(model, version, %reason, "snapshot rejected; the current version keeps serving");
+                self.set_state(&model, version, VersionState::Failed { reason });
+                return;
+            }
+        }
         let mut next = Live::clone(&self.live.load());
         let lm = next.models.entry(model.clone()).or_default();
         let old = lm.serving.replace(version);
@@ -673,11 +716,18 @@ impl Registry {
             )
         };
         // Forget states of versions that left the disk (bounded bookkeeping), except loaded ones.
-        self.status_mut(|s| {
-            if let Some(m) = s.get_mut(model) {
+        {
+            let mut book = self.book();
+            if let Some(m) = book.states.get_mut(model) {
                 m.retain(|v, _| on_disk.contains(v) || loaded.contains_key(v));
             }
-        });
+            if let Some(m) = book.verifying.get_mut(model) {
+                m.retain(|v, _| on_disk.contains(v) || loaded.contains_key(v));
+            }
+        }
+        // A loaded version is `failed` only when its deferred verification failed: out of service
+        // (it stays live until this pass has installed its replacement, in the one store below).
+        loaded.retain(|v, _| !matches!(self.state(model, *v), Some(VersionState::Failed { .. })));
 
         let mut want: BTreeSet<u64> = BTreeSet::new();
         let mut serving = None;
@@ -699,8 +749,9 @@ impl Registry {
                             break;
                         }
                     }
-                    // Nothing loadable on disk (e.g. the directory was removed): keep serving.
-                    chosen.or(current.serving)
+                    // Nothing loadable on disk (e.g. the directory was removed): keep serving,
+                    // unless the serving version itself just failed.
+                    chosen.or(current.serving.filter(|v| loaded.contains_key(v)))
                 }
                 VersionPolicy::Pinned { version } => {
                     if !loaded.contains_key(&version)
@@ -716,7 +767,7 @@ impl Registry {
                     if loaded.contains_key(&version) {
                         Some(version)
                     } else {
-                        current.serving
+                        current.serving.filter(|v| loaded.contains_key(v))
                     }
                 }
             };
@@ -780,13 +831,18 @@ impl Registry {
         self.live.store(Arc::new(next));
         self.retire(outgoing);
         for v in live_now.iter().filter(|v| !after.contains(v)) {
-            self.set_state(model, *v, VersionState::NotLoaded);
+            if !matches!(self.state(model, *v), Some(VersionState::Failed { .. })) {
+                self.set_state(model, *v, VersionState::NotLoaded);
+            }
         }
         for v in &after {
             self.set_state(model, *v, VersionState::Available);
         }
         if current.serving != serving {
             tracing::info!(model, from = ?current.serving, to = ?serving, "serving version swapped");
+        }
+        if serving.is_none() && current.serving.is_some() && !unloaded {
+            tracing::error!(model, "no good version left: the model is not served");
         }
         self.note_serving(model, serving);
     }
@@ -821,6 +877,152 @@ impl Registry {
     /// Replaced snapshots still held by in-flight requests.
     pub fn retired_count(&self) -> usize {
         self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Deferred-verification reports waiting for [`Registry::apply_verifications`] (cheap: the
+    /// discovery loop asks a few times a second).
+    pub fn verification_reports_pending(&self) -> bool {
+        !self.reports().is_empty()
+    }
+
+    /// Applies the outcome of every finished deferred verification (blocking: a failure may load the
+    /// replacement version; call from a lifecycle thread, never from a request). Returns how many
+    /// reports were applied.
+    pub fn apply_verifications(&self) -> usize {
+        if !self.verification_reports_pending() {
+            return 0;
+        }
+        let _guard = self.lock_lifecycle();
+        // Taken under the lifecycle lock: a report is never applied before the load it names has
+        // finished registering itself.
+        let reports = std::mem::take(&mut *self.reports());
+        let n = reports.len();
+        for r in reports {
+            self.apply_report_locked(r);
+        }
+        n
+    }
+
+    fn apply_report_locked(&self, r: VerifyReport) {
+        let VerifyReport {
+            model,
+            version,
+            load_id,
+            result,
+        } = r;
+        let current = {
+            let mut book = self.book();
+            let pending = book.verifying.get_mut(&model);
+            let current = pending.as_ref().and_then(|m| m.get(&version)).copied();
+            if current == Some(load_id) {
+                if let Some(m) = pending {
+                    m.remove(&version);
+                }
+            }
+            current
+        };
+        if current != Some(load_id) {
+            tracing::info!(model, version, load_id, "stale deferred verification report ignored (the version was loaded again or left the disk)");
+            return;
+        }
+        let Err(reason) = result else {
+            return;
+        };
+        let reason = format!("deferred verification of the item files failed: {reason}");
+        tracing::error!(model, version, %reason, "version failed its deferred verification; taking it out of service");
+        metrics::counter!(telemetry::MODEL_LOAD_FAILURES_TOTAL, "model" => model.clone())
+            .increment(1);
+        self.set_state(&model, version, VersionState::Failed { reason });
+        if self.policy(&model) == (VersionPolicy::Pinned { version }) {
+            // Pinned to the failed version: re-pin to what `rollback` would pick (the highest good
+            // version below it), never to a newer one the operator may have rolled back from.
+            let below: Vec<u64> = scan_versions(&self.root.join(&model))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| *v < version)
+                .collect();
+            let fallback = below.into_iter().find(|&v| {
+                !matches!(self.state(&model, v), Some(VersionState::Failed { .. }))
+                    && self.require_loaded(&model, v, false).is_ok()
+            });
+            match fallback {
+                Some(v) => {
+                    self.book()
+                        .policy
+                        .insert(model.clone(), VersionPolicy::Pinned { version: v });
+                    tracing::warn!(model, from = version, to = v, "pinned version failed its deferred verification: rolled back (model pinned)");
+                }
+                None => {
+                    tracing::error!(model, version, "pinned version failed its deferred verification and no good version below it is left: the model is not served until an operator pins, unpins or loads one");
+                }
+            }
+        }
+        self.reconcile_locked(&model);
+    }
+
+    /// Registers a deferred load of `model`/`version` and starts checking its item files on a
+    /// `prerank-verify` thread, which reports to [`Registry::apply_verifications`]. When no thread can
+    /// be started the check runs here, before the version can serve (`Err`: the files do not verify).
+    fn start_deferred_verification(
+        &self,
+        model: &str,
+        version: u64,
+        dir: &Path,
+    ) -> Result<(), String> {
+        let load_id = self.next_load_id.fetch_add(1, Ordering::Relaxed);
+        self.book()
+            .verifying
+            .entry(model.to_string())
+            .or_default()
+            .insert(version, load_id);
+        let (m, d, reports) = (
+            model.to_string(),
+            dir.to_path_buf(),
+            Arc::clone(&self.verify_reports),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("prerank-verify".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let result = verify_item_files(&d).map_err(|e| e.to_string());
+                let took_ms = started.elapsed().as_millis() as u64;
+                telemetry::record_deferred_verify(&m, result.is_ok());
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(model = %m, version, dir = %d.display(), took_ms, "deferred verification of the item files passed");
+                    }
+                    Err(reason) => {
+                        tracing::error!(model = %m, version, dir = %d.display(), %reason, took_ms, "deferred verification of the item files FAILED: the version will be taken out of service");
+                    }
+                }
+                reports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(VerifyReport {
+                        model: m,
+                        version,
+                        load_id,
+                        result,
+                    });
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(model, version, error = %e, "cannot start the deferred verification thread; verifying before the version serves");
+                if let Some(m) = self.book().verifying.get_mut(model) {
+                    m.remove(&version);
+                }
+                let result = verify_item_files(dir).map_err(|e| e.to_string());
+                telemetry::record_deferred_verify(model, result.is_ok());
+                result
+            }
+        }
+    }
+
+    fn reports(&self) -> MutexGuard<'_, Vec<VerifyReport>> {
+        self.verify_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks completeness, then loads, verifies and warms one version up (not installed).
@@ -862,6 +1064,12 @@ impl Registry {
             });
         metrics::histogram!(telemetry::MODEL_LOAD_DURATION_SECONDS, "model" => model.to_string())
             .record(started.elapsed().as_secs_f64());
+        let result = result.and_then(|snap| match snap.deferred_verification() {
+            Some(dir) => self
+                .start_deferred_verification(model, version, dir)
+                .map(|()| snap),
+            None => Ok(snap),
+        });
         match result {
             Ok(snap) => {
                 tracing::info!(
@@ -973,4 +1181,139 @@ fn version_list(vs: &BTreeMap<u64, VersionState>) -> Vec<VersionStatus> {
             state: st.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{generate, SynthConfig};
+    use prerank_format::Dtype;
+    use std::time::Duration;
+
+    fn synth(root: &Path, model: &str, version: u64) -> PathBuf {
+        let dir = root.join(model).join(version.to_string());
+        generate(
+            &dir,
+            &SynthConfig {
+                model: model.into(),
+                version,
+                items: 300,
+                seed: 40 + version,
+                dtypes: vec![Dtype::F32],
+                golden: 1,
+                categories: 10,
+                tower_widths: [64, 48, 32],
+            },
+        )
+        .unwrap();
+        dir
+    }
+
+    /// Flips the lowest mantissa bit of the last row's first f32: the header, sizes, norms and golden
+    /// checks still pass; only the sha256 of `items.f32.vec` (a deferred check) does not.
+    fn flip_inside_a_row(dir: &Path) {
+        let file = dir.join("items.f32.vec");
+        let mut b = std::fs::read(&file).unwrap();
+        let count = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
+        let stride = u32::from_le_bytes(b[28..32].try_into().unwrap()) as usize;
+        let data = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+        b[data + (count - 1) * stride] ^= 0x01;
+        std::fs::write(&file, b).unwrap();
+    }
+
+    fn deferred(root: &Path) -> Registry {
+        Registry::new(
+            root,
+            None,
+            LoadOptions {
+                defer_item_verification: true,
+                huge_pages: false,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Waits for the `prerank-verify` threads to report, then applies the reports.
+    fn settle(r: &Registry) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while r.book().verifying.values().any(|m| !m.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "deferred verification never reported"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            r.apply_verifications();
+        }
+    }
+
+    fn failed_reason(r: &Registry, model: &str, version: u64) -> Option<String> {
+        match r.state(model, version) {
+            Some(VersionState::Failed { reason }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_version_failing_deferred_verification_is_failed_and_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        synth(root.path(), "m", 1);
+        let r = deferred(root.path());
+        r.reconcile_all();
+        settle(&r);
+        assert_eq!(r.live_version("m"), Some(1));
+        assert_eq!(r.state("m", 1), Some(VersionState::Available));
+
+        // Latest: v2 serves after the structural checks, then fails; v1 is loaded again.
+        flip_inside_a_row(&synth(root.path(), "m", 2));
+        r.reconcile_all();
+        assert_eq!(
+            r.live_version("m"),
+            Some(2),
+            "v2 did not pass the structural checks"
+        );
+        settle(&r);
+        let reason = failed_reason(&r, "m", 2).expect("v2 is not failed");
+        assert!(reason.contains("items.f32.vec"), "{reason}");
+        assert_eq!(r.live_version("m"), Some(1));
+        assert_eq!(r.get(None).unwrap().info().version, 1);
+        assert_eq!(r.report_model("m").loaded, vec![1]);
+        // Not retried by scans.
+        r.reconcile_all();
+        assert_eq!(r.live_version("m"), Some(1));
+        assert!(failed_reason(&r, "m", 2).is_some());
+
+        // An explicit load retries it (and pins it); when it fails again the pin moves down to v1.
+        let report = r.load("m", Some(2)).unwrap();
+        assert_eq!(report.serving, Some(2));
+        settle(&r);
+        assert!(failed_reason(&r, "m", 2).is_some());
+        assert_eq!(r.policy("m"), VersionPolicy::Pinned { version: 1 });
+        assert_eq!(r.live_version("m"), Some(1));
+
+        // A stale report (of a load the registry no longer waits for) changes nothing.
+        r.reports().push(VerifyReport {
+            model: "m".into(),
+            version: 1,
+            load_id: 0,
+            result: Err("stale".into()),
+        });
+        assert_eq!(r.apply_verifications(), 1);
+        assert_eq!(r.state("m", 1), Some(VersionState::Available));
+        assert_eq!(r.live_version("m"), Some(1));
+    }
+
+    #[test]
+    fn with_no_good_version_left_the_model_is_not_served() {
+        let root = tempfile::tempdir().unwrap();
+        flip_inside_a_row(&synth(root.path(), "only", 1));
+        let r = deferred(root.path());
+        r.reconcile_all();
+        settle(&r);
+        assert!(failed_reason(&r, "only", 1).is_some());
+        assert_eq!(r.live_version("only"), None);
+        assert!(!r.is_ready());
+        assert_eq!(r.get(None).unwrap_err(), RegistryError::NoModel);
+        r.reconcile_all();
+        assert_eq!(r.live_version("only"), None);
+    }
 }

@@ -118,7 +118,8 @@ pub struct ServeConfig {
     pub no_huge_pages: bool,
     /// When the item files (vectors, id index, attributes) are checksummed and scanned: `full`
     /// (before the version serves) or `deferred` (in the background once it serves; the manifest,
-    /// weights, sizes and headers are still checked first). docs/operations.md has the trade-off.
+    /// weights, sizes and headers are still checked first; a version failing the background check
+    /// is marked failed and replaced). docs/operations.md has the trade-off.
     #[arg(long, env = "PRERANK_VERIFY", default_value = "full")]
     pub verify: VerifyMode,
     /// Fault the served snapshot files into memory before a version goes live (no page faults on
@@ -248,7 +249,8 @@ impl ServeConfig {
 pub enum VerifyMode {
     /// Before the version serves.
     Full,
-    /// In the background once it serves.
+    /// In the background once it serves; a failure takes the version out of service
+    /// ([`crate::registry`] module doc).
     Deferred,
 }
 

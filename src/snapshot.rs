@@ -5,6 +5,10 @@
 //! this crate's own tower and scoring code. A snapshot that fails any of it is never served. Once
 //! loaded, a snapshot is immutable and shared behind an `Arc`; its memory maps are released when the
 //! last `Arc` (the registry's or an in-flight request's) is dropped.
+//!
+//! With [`LoadOptions::defer_item_verification`] the item files' checksums and contents are not checked
+//! by `load`: the snapshot says so ([`Snapshot::deferred_verification`]) and whoever installs it (the
+//! registry) must run [`verify_item_files`] afterwards and act on its result.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -103,6 +107,8 @@ pub struct Snapshot {
     /// Index into `files.vectors` of the dtype being served.
     serving: usize,
     info: SnapshotInfo,
+    /// Loaded with `--verify deferred`: the item files' checksums and contents are still unchecked.
+    deferred: bool,
 }
 
 impl Snapshot {
@@ -161,6 +167,7 @@ impl Snapshot {
             layout,
             serving,
             info,
+            deferred: opts.verify && opts.defer_item_verification,
         };
         if opts.golden {
             snap.check_golden()?;
@@ -171,10 +178,13 @@ impl Snapshot {
             .unwrap_or(Duration::ZERO)
             .as_secs();
         snap.log_memory(opened_ms, opts);
-        if opts.verify && opts.defer_item_verification {
-            spawn_deferred_verification(dir.to_path_buf(), snap.info.model.clone());
-        }
         Ok(snap)
+    }
+
+    /// The version directory whose item files still need [`verify_item_files`] (a deferred load), or
+    /// `None` when `load` verified everything.
+    pub fn deferred_verification(&self) -> Option<&Path> {
+        self.deferred.then_some(self.info.path.as_path())
     }
 
     /// Per mapped file: bytes mapped, resident and backed by huge pages (module [`crate::hugepages`]).
@@ -349,28 +359,11 @@ impl Snapshot {
     }
 }
 
-/// Runs the item-file checks a deferred load skipped ([`prerank_format::reader::verify_files`]) on a
-/// background thread; the outcome is logged and counted (`prerank_model_deferred_verify_total`).
-/// A failure does not unload the version (module doc of docs/operations.md: alert and roll back).
-fn spawn_deferred_verification(dir: PathBuf, model: String) {
-    let spawned = std::thread::Builder::new()
-        .name("prerank-verify".into())
-        .spawn(move || {
-            let started = Instant::now();
-            match prerank_format::reader::verify_files(&dir) {
-                Ok(()) => {
-                    crate::telemetry::record_deferred_verify(&model, true);
-                    tracing::info!(dir = %dir.display(), took_ms = started.elapsed().as_millis() as u64, "deferred verification of the item files passed");
-                }
-                Err(e) => {
-                    crate::telemetry::record_deferred_verify(&model, false);
-                    tracing::error!(dir = %dir.display(), error = %e, "deferred verification of the item files FAILED: this version is serving unverified data; roll it back");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the deferred verification thread");
-    }
+/// The item-file checks a deferred load skipped ([`prerank_format::reader::verify_files`]: every
+/// file's sha256 and contents, through its own read-only map). Blocking and as slow as a full load's
+/// verification; the registry runs it on a background thread (module doc of [`crate::registry`]).
+pub fn verify_item_files(dir: &Path) -> Result<(), SnapshotError> {
+    prerank_format::reader::verify_files(dir).map_err(SnapshotError::from)
 }
 
 /// Largest absolute difference between two vectors and where it is (length mismatch counts as inf).
@@ -415,6 +408,7 @@ mod tests {
         };
         let lazy = Snapshot::load(&v, &lazy_opts).unwrap();
         assert!(lazy.files().maps.iter().any(|m| m.prefaulted));
+        assert_eq!(full.deferred_verification(), None);
         let ids = full.files().index.ids().to_vec();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let req = sample_request(&mut rng, &ids, 2_000, 50);
@@ -442,7 +436,8 @@ mod tests {
                 ..LoadOptions::default()
             },
         );
-        assert!(lazy.is_ok(), "{:?}", lazy.err());
-        assert!(prerank_format::reader::verify_files(&v).is_err());
+        let lazy = lazy.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lazy.deferred_verification(), Some(v.as_path()));
+        assert!(verify_item_files(&v).is_err());
     }
 }

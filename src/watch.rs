@@ -5,8 +5,10 @@
 //! Every event (debounced) and every poll tick runs [`Registry::reconcile_all`] on the blocking pool;
 //! the registry decides what is complete, what to load and what to swap, so a burst of events during a
 //! slow copy costs a few `stat` calls, never a half-loaded version. The same task releases replaced
-//! snapshots once their last request is done ([`Registry::reap`], off the request path). The task owns
-//! the watcher and ends when aborted.
+//! snapshots once their last request is done ([`Registry::reap`], off the request path) and, on the
+//! same tick, applies the reports of finished deferred verifications
+//! ([`Registry::apply_verifications`]: a version whose item files fail is taken out of service). The
+//! task owns the watcher and ends when aborted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,8 @@ pub struct DiscoveryConfig {
     pub debounce: Duration,
 }
 
-/// How often replaced snapshots are checked for release (see [`Registry::reap`]).
+/// How often replaced snapshots are checked for release (see [`Registry::reap`]) and deferred
+/// verification reports for application.
 const REAP_EVERY: Duration = Duration::from_millis(250);
 
 /// Loads every model now, then keeps the registry in step with the repository until aborted.
@@ -66,9 +69,13 @@ pub fn spawn(registry: Arc<Registry>, cfg: DiscoveryConfig) -> JoinHandle<()> {
                     reconcile(&registry).await;
                 }
                 _ = reap.tick() => {
-                    if registry.retired_count() > 0 {
+                    if registry.retired_count() > 0 || registry.verification_reports_pending() {
                         let r = Arc::clone(&registry);
-                        let _ = tokio::task::spawn_blocking(move || r.reap()).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            r.apply_verifications();
+                            r.reap()
+                        })
+                        .await;
                     }
                 }
             }

@@ -450,3 +450,153 @@ async fn a_configured_warmup_request_runs_before_the_swap_and_can_reject_a_versi
     cfg.warmup_request = Some(scratch.path().join("missing.json"));
     assert!(prerank::server::run(cfg, listener, async {}).await.is_err());
 }
+
+/// Flips the lowest mantissa bit of the last row's first f32 in `items.f32.vec`: the file keeps its
+/// size, header, row norms and golden scores (the structural checks a deferred load runs pass), but
+/// its sha256 (checked in the background) does not match the manifest.
+fn flip_inside_a_row(dir: &std::path::Path) {
+    let file = dir.join("items.f32.vec");
+    let mut b = std::fs::read(&file).unwrap();
+    let count = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
+    let stride = u32::from_le_bytes(b[28..32].try_into().unwrap()) as usize;
+    let data = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+    b[data + (count - 1) * stride] ^= 0x01;
+    std::fs::write(&file, b).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_failing_deferred_verification_is_failed_and_the_previous_one_serves_again() {
+    const M: &str = "deferred";
+    let scratch = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let model_dir = root.path().join(M);
+    let src = ls::source(scratch.path(), M, 27);
+    let ids = ls::item_ids(&src);
+    publish(&src, &model_dir, Some(1)).unwrap();
+
+    let server = ls::start(root.path(), false, |cfg| {
+        cfg.verify = prerank::server::VerifyMode::Deferred;
+    })
+    .await;
+    let c = ls::client();
+    ls::wait_serving(&c, &server, M, 1).await;
+
+    // Clients rank back to back for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for worker in 0..2u64 {
+        let (c, url, ids) = (c.clone(), server.url("/v1/rank"), ids.clone());
+        let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+        clients.push(tokio::spawn(async move {
+            let mut versions = BTreeSet::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match c
+                    .post(&url)
+                    .json(&ls::body_with(worker * 1_000_000 + n, &ids))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        let v: serde_json::Value = r.json().await.unwrap();
+                        versions.insert(v["version"].as_u64().unwrap());
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        failures.lock().unwrap().push(format!("{status}: {text}"));
+                    }
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+            (n, versions)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Version 2: complete, structurally sound, one flipped bit inside a row; renamed in atomically.
+    let side = scratch.path().join("side").join(M);
+    let (s, d) = (src.clone(), side.clone());
+    let bad = tokio::task::spawn_blocking(move || publish(&s, &d, Some(2)).unwrap())
+        .await
+        .unwrap();
+    flip_inside_a_row(&bad);
+    std::fs::rename(&bad, model_dir.join("2")).unwrap();
+
+    ls::wait_until(
+        30,
+        "version 2 to fail its deferred verification",
+        || async { ls::state(&c, &server, M, 2).await == "failed" },
+    )
+    .await;
+    let m = ls::models(&c, &server).await;
+    let entry = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == M)
+        .unwrap();
+    let reason = entry["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == 2)
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("deferred verification") && reason.contains("items.f32.vec"),
+        "{reason}"
+    );
+    assert!(reason.contains("sha256"), "{reason}");
+    ls::wait_serving(&c, &server, M, 1).await;
+    for u in 0..5 {
+        let r: serde_json::Value = c
+            .post(server.url("/v1/rank"))
+            .json(&ls::body_with(u, &ids))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["version"], 1, "{r}");
+    }
+    // Not retried by later scans (poll every second).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(ls::state(&c, &server, M, 2).await, "failed");
+    assert_eq!(ls::serving(&c, &server, M).await, Some(1));
+
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for h in clients {
+        let (n, versions) = h.await.unwrap();
+        total += n;
+        assert!(versions.is_subset(&BTreeSet::from([1, 2])), "{versions:?}");
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "non-2xx responses: {failures:?}");
+    assert!(total > 20, "only {total} requests");
+
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("prerank_model_deferred_verify_total")
+                && l.contains("model=\"deferred\"")
+                && l.contains("result=\"failed\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("prerank_model_live_version{model=\"deferred\"} 1"));
+    server.stop().await;
+}
