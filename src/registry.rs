@@ -217,11 +217,12 @@ pub struct Registry {
 
 /// Integer version directories of `model_dir`, highest first. Names that are not canonical positive
 /// integers (temporary `.tmp-*` directories of an in-progress publish, for instance) are ignored.
+/// Symbolic links to directories count (volume mounts and shared corpora are often links).
 pub fn scan_versions(model_dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut versions = Vec::new();
     for entry in std::fs::read_dir(model_dir)? {
         let entry = entry?;
-        if !entry.file_type()?.is_dir() {
+        if !entry.path().is_dir() {
             continue;
         }
         let name = entry.file_name();
@@ -314,12 +315,12 @@ impl Registry {
         &self.root
     }
 
-    /// Model directories under the root (valid names only).
+    /// Model directories under the root (valid names only; links to directories count).
     pub fn model_names(&self) -> std::io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {
             let entry = entry?;
-            if entry.file_type()?.is_dir() {
+            if entry.path().is_dir() {
                 if let Some(n) = entry.file_name().to_str() {
                     if valid_model_name(n) {
                         names.push(n.to_string());
@@ -1207,6 +1208,27 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    /// Version and model directories reached through symbolic links are served (shared corpora and
+    /// volume mounts are often links); other entries and non-canonical names are not versions.
+    #[cfg(unix)]
+    #[test]
+    fn linked_model_and_version_directories_are_served() {
+        let store = tempfile::tempdir().unwrap();
+        let real = synth(store.path(), "linked", 3);
+        let root = tempfile::tempdir().unwrap();
+        let model_dir = store.path().join("elsewhere");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::os::unix::fs::symlink(&real, model_dir.join("3")).unwrap();
+        std::os::unix::fs::symlink(&model_dir, root.path().join("linked")).unwrap();
+        std::fs::write(model_dir.join("4"), b"a file, not a version").unwrap();
+        std::fs::create_dir(model_dir.join("05")).unwrap();
+        assert_eq!(scan_versions(&model_dir).unwrap(), vec![3]);
+        let registry = Registry::new(root.path(), None, LoadOptions::default());
+        assert_eq!(registry.model_names().unwrap(), vec!["linked".to_string()]);
+        registry.reconcile_all();
+        assert_eq!(registry.live_version("linked"), Some(3));
     }
 
     /// Flips the lowest mantissa bit of the last row's first f32: the header, sizes, norms and golden
