@@ -138,7 +138,8 @@ def main():
     if args.matrix:
         docs = [json.load(open(p)) for p in args.matrix]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for doc in docs:
+        for d_i, doc in enumerate(docs):
+            alpha = 1.0 if d_i == 0 else 0.45
             print(f"Service, {doc['items']:,} items, {doc['dtype']}, {doc['duration_s']} s per cell "
                   f"({doc['machine']['cores']} cores, {doc['machine']['cpu']}):")
             print()
@@ -154,7 +155,7 @@ def main():
                 for fmt, style in (("json", "o-"), ("proto", "s--")):
                     pts = sorted((s["concurrency"], s["rps"]) for s in doc["summary"] if s["n"] == n and s["format"] == fmt)
                     if pts:
-                        ax1.plot([c for c, _ in pts], [r for _, r in pts], style, color=f"C{i}", label=f"N={n:,} {fmt} ({doc['dtype']})")
+                        ax1.plot([c for c, _ in pts], [r for _, r in pts], style, color=f"C{i}", alpha=alpha, label=f"N={n:,} {fmt} ({doc['dtype']})")
             for fmt, style in (("json", "o-"), ("proto", "s--")):
                 pts = sorted((s["n"], s["p50_ms"]) for s in doc["summary"] if s["concurrency"] == 1 and s["format"] == fmt)
                 if pts:
