@@ -113,7 +113,10 @@ print(json.dumps({
     "max_ms": round(1000 * (r["summary"].get("slowest") or 0), 3),
 }))
 EOF
-        tail -n 1 "$WORK/cells.jsonl" | python3 -c 'import json,sys; c=json.loads(sys.stdin.read()); print(f"run {c[\"run\"]} N={c[\"n\"]:>6} c={c[\"concurrency\"]:>2} {c[\"format\"]:<5} {c[\"rps\"]:>8.0f} req/s  p50 {c[\"p50_ms\"]:>7.2f}  p99 {c[\"p99_ms\"]:>7.2f} ms  non-2xx {c[\"non_2xx\"]} errors {c[\"errors\"]}")'
+        tail -n 1 "$WORK/cells.jsonl" | python3 -c '
+import json, sys
+c = json.loads(sys.stdin.read())
+print("run {run} N={n:>6} c={concurrency:>2} {format:<5} {rps:>8.0f} req/s  p50 {p50_ms:>7.2f}  p99 {p99_ms:>7.2f} ms  non-2xx {non_2xx} errors {errors}".format(**c))'
       done
     done
   done
