@@ -16,7 +16,6 @@ use common::reference::Reference;
 use http_body_util::BodyExt;
 use prerank::http::{router, AppState, Limits};
 use prerank::registry::Registry;
-use prerank::server::{run, ServeConfig};
 use prerank::snapshot::LoadOptions;
 use prerank_format::Dtype;
 use serde_json::{json, Value};
@@ -385,18 +384,13 @@ async fn spawn_limited(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let mut cfg = ServeConfig::with_root(root.to_path_buf());
-    cfg.poll_seconds = 0;
-    cfg.no_watch = true;
-    cfg.header_read_timeout_ms = 600;
-    cfg.max_header_bytes = 16 * 1024;
-    let handle = tokio::spawn(run(cfg, listener, async move {
-        let _ = rx.await;
-    }));
-    (addr, tx, handle)
+    common::spawn_server_with(root, |cfg| {
+        cfg.poll_seconds = 0;
+        cfg.no_watch = true;
+        cfg.header_read_timeout_ms = 600;
+        cfg.max_header_bytes = 16 * 1024;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,11 +50,23 @@ pub async fn spawn_server(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    spawn_server_with(root, |cfg| cfg.poll_seconds = 1).await
+}
+
+/// [`spawn_server`] with the configuration adjusted by `configure` before the server starts.
+pub async fn spawn_server_with(
+    root: &Path,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut cfg = ServeConfig::with_root(root.to_path_buf());
-    cfg.poll_seconds = 1;
+    configure(&mut cfg);
     let handle = tokio::spawn(run(cfg, listener, async move {
         let _ = rx.await;
     }));
