@@ -199,17 +199,9 @@ fn bodies(
     out_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use rand::SeedableRng;
-    let files = prerank_format::SnapshotFiles::open(
-        dir,
-        &prerank_format::OpenOptions {
-            verify_checksums: false,
-            verify_contents: false,
-            huge_pages: false,
-            load_mode: prerank_format::reader::LoadMode::Mmap,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("opening snapshot {}", dir.display()))?;
+    let files =
+        prerank_format::SnapshotFiles::open(dir, &prerank_format::OpenOptions::unverified())
+            .with_context(|| format!("opening snapshot {}", dir.display()))?;
     let ids = files.index.ids();
     anyhow::ensure!(
         !ids.is_empty(),
@@ -236,16 +228,8 @@ fn bodies(
 
 fn inspect(dir: &std::path::Path, ids: bool) -> anyhow::Result<()> {
     // Structure only: the summary reports the full verification separately, below.
-    let files = prerank_format::SnapshotFiles::open(
-        dir,
-        &prerank_format::OpenOptions {
-            verify_checksums: false,
-            verify_contents: false,
-            huge_pages: false,
-            load_mode: prerank_format::reader::LoadMode::Mmap,
-            ..Default::default()
-        },
-    )?;
+    let files =
+        prerank_format::SnapshotFiles::open(dir, &prerank_format::OpenOptions::unverified())?;
     if ids {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -60,20 +60,7 @@ fn warm_rank_allocates_a_constant_number_of_times() {
             let mut req = sample_request(&mut rng, &ids, n, 1000);
             req.candidates.extend([1, 2, 3]); // unknown ids: the sample vector allocates once
             let u = vec![0.1f32; snap.info().dim];
-            // Warm-up: grows the scratch buffers to this size.
-            for _ in 0..3 {
-                rank(
-                    &u,
-                    5.0,
-                    vectors,
-                    &files.index,
-                    &req.candidates,
-                    1000,
-                    &mut scratch,
-                    true,
-                );
-            }
-            let (_, allocs, bytes) = counted(|| {
+            let mut call = || {
                 rank(
                     &u,
                     5.0,
@@ -84,7 +71,12 @@ fn warm_rank_allocates_a_constant_number_of_times() {
                     &mut scratch,
                     true,
                 )
-            });
+            };
+            // Warm-up: grows the scratch buffers to this size.
+            for _ in 0..3 {
+                call();
+            }
+            let (_, allocs, bytes) = counted(call);
             per_n.push(allocs);
             assert!(
                 allocs <= 4,

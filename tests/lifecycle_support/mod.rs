@@ -202,17 +202,9 @@ pub fn mappings_under(dir: &Path) -> Vec<String> {
 
 /// The item ids of a snapshot (no verification).
 pub fn item_ids(dir: &Path) -> Vec<u64> {
-    let files = prerank_format::SnapshotFiles::open(
-        dir,
-        &prerank_format::OpenOptions {
-            verify_checksums: false,
-            verify_contents: false,
-            huge_pages: false,
-            load_mode: prerank_format::reader::LoadMode::Mmap,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let files =
+        prerank_format::SnapshotFiles::open(dir, &prerank_format::OpenOptions::unverified())
+            .unwrap();
     files.index.ids().to_vec()
 }
 

@@ -48,6 +48,19 @@ pub struct OpenOptions {
     pub serve_dtype: Option<Dtype>,
 }
 
+impl OpenOptions {
+    /// Structural checks only, no huge-page advice: for tools that read a snapshot once (ids,
+    /// summaries), not for serving.
+    pub fn unverified() -> Self {
+        OpenOptions {
+            verify_checksums: false,
+            verify_contents: false,
+            huge_pages: false,
+            ..OpenOptions::default()
+        }
+    }
+}
+
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
