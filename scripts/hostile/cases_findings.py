@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,7 +68,7 @@ def _reuse(ctx: Context, check: Check, how: str, discovery: str):
         return
     state = s.version_state(1) or {}
     new_log = s.log_text()[log_before:]
-    loud_log = any(('"WARN"' in line or '"ERROR"' in line) for line in new_log.splitlines())
+    loud_log = bool(re.search(r"\b(WARN|ERROR)\b", new_log))  # text or --log-json lines
     refused = state.get("state") not in (None, "available") and bool(state.get("reason")) and loud_log
     check.expect(refused, f"after {SETTLE_S:.0f} s {_content(s, names)} is served; /v1/models says v1 is "
                           f"{state.get('state')!r}; warning/error log lines since the change: {loud_log}")
@@ -278,21 +279,13 @@ def _(ctx: Context, check: Check):
 def _(ctx: Context, check: Check):
     s = ctx.server("f5")
     body = json.dumps(rank_body(ctx.shared_ids(), n=20, k=5)).encode()
-    # A request in flight across the signal: its body is sent half before and half after.
-    c = Http(s.addr, timeout=10)
-    head = build_request("POST", "/v1/rank", None, {"Content-Type": "application/json",
-                                                    "Content-Length": str(len(body))}, addr=s.addr)
-    c.send(head + body[:10])
-    os.kill(s.pid, signal.SIGHUP)
-    time.sleep(0.3)
-    try:
-        c.send(body[10:])
-        r = c.read_response(timeout=5)
+    def hup():
+        os.kill(s.pid, signal.SIGHUP)
+        time.sleep(0.3)
+
+    r = s.rank_across(body, hup)
+    if check.expect(not isinstance(r, str), f"request in flight across SIGHUP: {r}"):
         check.status(r, 200, label="request in flight across SIGHUP")
-    except (OSError, ConnClosed, TimeoutError) as e:
-        check.expect(False, f"request in flight across SIGHUP: {type(e).__name__} {e}")
-    finally:
-        c.close()
     time.sleep(2.7)
     if not check.expect(s.alive(), f"the server died of SIGHUP (exit {s.proc.returncode})"):
         return
@@ -660,9 +653,7 @@ def _(ctx: Context, check: Check):
     body = rank_body(ids, n=20, k=5)
     counts = []
     for v in range(2, 13):
-        ctx.snaps.publish(src, s.root / MODEL, v)
-        if not wait_until(lambda: (s.live() or {}).get("version") == v, SETTLE_S):
-            check.expect(False, f"v{v} never went live")
+        if not check.expect(s.swap(src, v, SETTLE_S) == v, f"v{v} never went live"):
             return
         for _ in range(3):
             s.rank(body)

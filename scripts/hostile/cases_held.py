@@ -11,7 +11,7 @@ import threading
 import time
 
 from harness import (ADMIN_TOKEN, MODEL, Check, ConnClosed, Context, Http, build_request, case, nan_in_row,
-                     one_request, rank_body, wait_until)
+                     one_request, rank_body)
 
 SETTLE_S = 15.0
 
@@ -76,12 +76,8 @@ def _(ctx: Context, check: Check):
     md = s.root / MODEL
     body = json.dumps(rank_body(ctx.snaps.ids(src), n=30, k=5)).encode()
 
-    def live_is(v):
-        return wait_until(lambda: (s.live() or {}).get("version") == v, SETTLE_S)
-
     with Load(s.addr, body) as load:
-        ctx.snaps.publish(src, md, 2)
-        check.expect(bool(live_is(2)), "good v2 never went live")
+        check.expect(s.swap(src, 2, SETTLE_S) == 2, "good v2 never went live")
         # NaN tau: the manifest text says NaN (not valid JSON)
         tmp = ctx.snaps.stage(src, md, 3)
         mp = tmp / "manifest.json"
@@ -108,7 +104,7 @@ def _(ctx: Context, check: Check):
                 time.sleep(0.4)
                 out.write(data[half:])
             time.sleep(0.3)
-        check.expect(bool(live_is(7)), f"v7 copied file by file never went live (state "
+        check.expect(s.wait_live(7, SETTLE_S), f"v7 copied file by file never went live (state "
                                        f"{(s.version_state(7) or {}).get('state')!r})")
         # The model directory replaced by a file, then restored.
         aside = s.root / ".m-aside"
@@ -138,9 +134,7 @@ def _(ctx: Context, check: Check):
     body = rank_body(ctx.snaps.ids(src), n=50, k=5)
     rss = []
     for v in range(2, 14):
-        ctx.snaps.publish(src, s.root / MODEL, v)
-        if not wait_until(lambda: (s.live() or {}).get("version") == v, SETTLE_S):
-            check.expect(False, f"v{v} never went live")
+        if not check.expect(s.swap(src, v, SETTLE_S) == v, f"v{v} never went live"):
             return
         for _ in range(20):
             s.rank(body)
@@ -211,26 +205,21 @@ def _(ctx: Context, check: Check):
 def _drain(ctx: Context, check: Check, sig: int):
     s = ctx.server(f"held-drain-{sig}")
     body = json.dumps(rank_body(ctx.shared_ids(), n=20, k=5)).encode()
-    head = build_request("POST", "/v1/rank", None, {"Content-Type": "application/json",
-                                                    "Content-Length": str(len(body))}, addr=s.addr)
-    c = Http(s.addr, timeout=10)
-    c.send(head + body[:15])  # in flight: its body is not complete yet
-    time.sleep(0.3)
     t = time.monotonic()
-    os.kill(s.pid, sig)
-    time.sleep(0.3)
-    ready = None
-    try:
-        ready = one_request(s.addr, "GET", "/readyz", timeout=2)
-    except (OSError, ConnClosed, TimeoutError):
-        pass
-    try:
-        c.send(body[15:])
-        r = c.read_response(timeout=8)
+    probe = {}
+
+    def signal_then_probe():
+        os.kill(s.pid, sig)
+        time.sleep(0.3)
+        try:
+            probe["r"] = one_request(s.addr, "GET", "/readyz", timeout=2)
+        except (OSError, ConnClosed, TimeoutError):
+            pass
+
+    r = s.rank_across(body, signal_then_probe, split=15)
+    if check.expect(not isinstance(r, str), f"request in flight when the signal came: {r}"):
         check.status(r, 200, label="request in flight when the signal came")
-    except (OSError, ConnClosed, TimeoutError) as e:
-        check.expect(False, f"request in flight when the signal came: {type(e).__name__} {e}")
-    c.close()
+    ready = probe.get("r")
     if ready is not None:
         check.status(ready, 503, "shutting_down", label="/readyz while draining")
     try:

@@ -362,6 +362,22 @@ class Server:
         hs.update(headers or {})
         return self.post("/v1/rank", body, hs, timeout)
 
+    def rank_across(self, body: bytes, during: Callable[[], None], split: int = 10,
+                    timeout: float = 8.0) -> "Response | str":
+        """A rank request in flight while `during()` runs: the head and the first `split` body bytes
+        are sent before it, the rest after. Returns the response, or what went wrong as text."""
+        head = build_request("POST", "/v1/rank", None, {"Content-Type": "application/json",
+                                                        "Content-Length": str(len(body))}, addr=self.addr)
+        with Http(self.addr, timeout=timeout) as c:
+            c.send(head + body[:split])
+            time.sleep(0.2)
+            during()
+            try:
+                c.send(body[split:])
+                return c.read_response(timeout=timeout)
+            except (OSError, ConnClosed, TimeoutError) as e:
+                return f"{type(e).__name__} {e}"
+
     def models(self) -> dict:
         r = self.get("/v1/models")
         if r.status != 200:
@@ -382,6 +398,16 @@ class Server:
             if v["version"] == version:
                 return v
         return None
+
+    def wait_live(self, version: int, timeout: float = 15.0, name: str = MODEL) -> bool:
+        """Waits until `version` serves (by /v1/models); False if it does not within `timeout`."""
+        return bool(wait_until(lambda: (self.live(name) or {}).get("version") == version, timeout, 0.1))
+
+    def swap(self, src: Path, version: int | None = None, timeout: float = 15.0) -> int | None:
+        """`prerank publish` of `src` as `version` (default: the next one) into this server's model
+        directory, then waits for it to serve; returns the version, or None if it never went live."""
+        v = int(self.ctx.snaps.publish(src, self.root / MODEL, version).name)
+        return v if self.wait_live(v, timeout) else None
 
     def metrics(self) -> str:
         r = self.get("/metrics")

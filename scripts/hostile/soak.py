@@ -26,7 +26,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import MODEL, Context, Server, proc_status, wait_until  # noqa: E402
+from harness import Context, Server, proc_status  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- fit
@@ -191,9 +190,7 @@ def _soak(ctx, requests, swap_seconds, scrape_seconds, workers, rate, items, can
             done.wait(sample_seconds)
 
     def swap_once():
-        v = ctx.snaps.publish(src, root / MODEL)
-        version = int(v.name)
-        if wait_until(lambda: (s.live() or {}).get("version") == version, 60, 0.2):
+        if s.swap(src, timeout=60):
             swaps["n"] += 1
         else:
             swaps["failed"] += 1
