@@ -270,6 +270,33 @@ def _(ctx: Context, check: Check):
     _invalid_manifest(ctx, check, "dim", lambda m, d: m["items"].__setitem__("dim", 64))
 
 
+INCOMPLETE_EXPIRY_BOUND_S = 300.0
+
+
+@case("f4.interrupted_copy_expires_to_failed", finding=4, long=True, background=True, budget=400,
+      expected=f"a version directory whose copy stopped (one file at half its listed size, no progress) is "
+               f"failed within {INCOMPLETE_EXPIRY_BOUND_S:.0f} s and counted; v1 keeps serving")
+def _(ctx: Context, check: Check):
+    s = ctx.server("f4-expiry", args=["--poll-seconds", "1"])
+    before = metric_value(s.metrics(), "prerank_model_load_failures_total", {"model": MODEL})
+
+    def truncate(m, d):
+        f = d / "items.f32.vec"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    ctx.snaps.publish_by_hand(ctx.snaps.source(), s.root / MODEL, 2, truncate)
+    t = time.monotonic()
+    seen = wait_until(lambda: (s.version_state(2) or {}).get("state"), SETTLE_S)
+    check.note(f"v2 is {seen!r} at first")
+    failed = wait_until(lambda: (s.version_state(2) or {}).get("state") == "failed", INCOMPLETE_EXPIRY_BOUND_S, 2.0)
+    st = s.version_state(2) or {}
+    check.expect(bool(failed), f"v2 still {st.get('state')!r} {time.monotonic() - t:.0f} s after the copy stopped "
+                               f"({st.get('reason', '')[:100]})")
+    after = metric_value(s.metrics(), "prerank_model_load_failures_total", {"model": MODEL})
+    check.expect(after > before, "prerank_model_load_failures_total did not move")
+    check.expect((s.live() or {}).get("version") == 1, "v1 stopped serving")
+
+
 # ----------------------------------------------------------------------------------------------- f5
 
 
