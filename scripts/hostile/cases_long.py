@@ -10,7 +10,7 @@ from harness import Check, Context, case
 from soak import soak
 
 MAX_BYTES_PER_REQUEST = 2.0
-MAX_BYTES_PER_SWAP = 512 * 1024
+MAX_BYTES_PER_SWAP = 32 * 1024
 
 
 def _soak(ctx: Context, check: Check, scrape_seconds: float):

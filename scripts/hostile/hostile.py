@@ -6,6 +6,7 @@ Usage:
     python3 scripts/hostile/hostile.py                 # fast mode (CI): every case not marked long
     python3 scripts/hostile/hostile.py --long          # + slow clients, 100 slow bodies, memory soak
     python3 scripts/hostile/hostile.py f6 'json.*'     # only these classes / names / globs
+    python3 scripts/hostile/hostile.py --long --exclude soak   # the long mode without the soaks
     python3 scripts/hostile/hostile.py --list          # every case with its expected outcome
     python3 scripts/hostile/hostile.py --bin target/release/prerank --keep
 
@@ -54,7 +55,9 @@ KNOWN_FAILING: dict[str, str] = {
     "f1.publish_refuses_reused_number": "finding 1: prerank publish reuses a number that was live",
     # finding 2: histogram samples buffered without a scraper
     "f2.rss_flat_without_scraper": "finding 2: anonymous RSS grows per request with no scrape",
-    "soak.rss_no_scraper": "finding 2: the memory soak's RSS slope without a scraper",
+    "soak.rss_no_scraper": "finding 2: the memory soak's RSS slope without a scraper (~104 B/request)",
+    "soak.rss_with_scraper": "finding 10 (measured by the soak, not in the issue): ~110 KiB anonymous "
+                             "memory per swap even when scraped",
     # finding 3: slow bodies hold the in-flight permits
     "f3.slow_bodies_do_not_starve": "finding 3: slow-body clients hold every in-flight permit",
     "f3.hundred_slow_bodies_normal_latency": "finding 3: slow-body clients hold every in-flight permit",
@@ -144,6 +147,8 @@ def main() -> int:
     ap.add_argument("patterns", nargs="*", help="case names, classes (f6, json, ...) or globs")
     ap.add_argument("--long", action="store_true", help="also the long cases (slow clients, soak)")
     ap.add_argument("--bin", help="prerank binary (default: $PRERANK_BIN, else target/debug/prerank)")
+    ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                    help="leave out cases matching this class, name or glob (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--json", help="write every result to this file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, roots)")
@@ -155,7 +160,8 @@ def main() -> int:
         print(f"KNOWN_FAILING names no case: {sorted(unknown)}", file=sys.stderr)
         return 2
     selected = [c for c in CASES if (args.long or not c.long)
-                and (not args.patterns or any(c.matches(p) for p in args.patterns))]
+                and (not args.patterns or any(c.matches(p) for p in args.patterns))
+                and not any(c.matches(p) for p in args.exclude)]
     if args.list:
         for c in CASES:
             tag = ("long " if c.long else "fast ") + ("known-failing" if c.name in KNOWN_FAILING else "")

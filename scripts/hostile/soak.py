@@ -14,9 +14,9 @@ term is not collinear with the per-request one). Samples: every --sample-seconds
 RssFile of the server and the running request and swap counts.
 
 Fit: RssAnon = a + b * requests + c * swaps by least squares over the samples after the warm-up
-(--warmup-fraction of the requests); the uncertainties are Newey-West (HAC) standard errors, because
+(--warmup-fraction of the requests, default 20%: the allocator's own growth comes first); the uncertainties are Newey-West (HAC) standard errors, because
 consecutive samples are autocorrelated (plain OLS errors would be far too small). The same fit is
-reported for VmRSS. Exit 1 if a bound (--max-bytes-per-request, --max-bytes-per-swap) is exceeded.
+reported for VmRSS. `--refit JSON` fits a saved run again (e.g. with another warm-up). Exit 1 if a bound (--max-bytes-per-request, --max-bytes-per-swap) is exceeded.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _worker(addr, bodies: list[bytes], counter, errors, stop, rate: float):
 
 def soak(bin_path: Path, requests: int = 1_000_000, swap_seconds: float = 30, scrape_seconds: float = 0,
          workers: int = 3, rate: float = 0, items: int = 20_000, candidates: int = 100, sample_seconds: float = 1,
-         idle_swaps: int = 5, warmup_fraction: float = 0.05, out=print, scratch: Path | None = None,
+         idle_swaps: int = 5, warmup_fraction: float = 0.2, out=print, scratch: Path | None = None,
          max_seconds: float = 3600) -> dict:
     scratch = scratch or Path(tempfile.mkdtemp(prefix="prerank-soak-"))
     ctx = Context(bin_path, scratch, long=True)
@@ -245,27 +245,40 @@ def _soak(ctx, requests, swap_seconds, scrape_seconds, workers, rate, items, can
     for t in threads:
         t.join(5)
 
-    warm = warmup_fraction * served
-    pts = [p for p in samples if p["requests"] >= warm]
     res = {"requests": served, "errors": errors.value, "load_seconds": round(load_seconds, 1),
            "rate": round(served / load_seconds, 1), "swaps": swaps["n"], "failed_swaps": swaps["failed"],
-           "scrape_seconds": scrape_seconds, "scrapes": scrapes["n"], "samples": len(pts),
-           "server_alive": s.alive(), "items": items, "candidates": candidates, "workers": workers}
-    if len(pts) >= 8 and len({p["swaps"] for p in pts}) > 1:
-        for key in ("anon", "rss"):
+           "scrape_seconds": scrape_seconds, "scrapes": scrapes["n"], "server_alive": s.alive(), "items": items,
+           "candidates": candidates, "workers": workers,
+           "series": [[round(p["t"], 1), p["requests"], p["swaps"], p["anon"], p["rss"], p["file"]] for p in samples]}
+    fit(res, warmup_fraction)
+    report(res, out)
+    return res
+
+
+SERIES_COLUMNS = ("t", "requests", "swaps", "anon", "rss", "file")
+
+
+def fit(res: dict, warmup_fraction: float) -> dict:
+    """Adds the fits of RssAnon and VmRSS on (requests, swaps) over the samples after the warm-up."""
+    samples = [dict(zip(SERIES_COLUMNS, row)) for row in res["series"]]
+    pts = [p for p in samples if p["requests"] >= warmup_fraction * res["requests"]]
+    res["warmup_fraction"] = warmup_fraction
+    res["samples"] = len(pts)
+    for key in ("anon", "rss"):
+        res.pop(key, None)
+        if len(pts) >= 8 and len({p["swaps"] for p in pts}) > 1:
             beta, se = ols_hac([[1.0, p["requests"], p["swaps"]] for p in pts], [float(p[key]) for p in pts])
             res[key] = {"bytes_per_request": beta[1], "bytes_per_request_se": se[1],
                         "bytes_per_swap": beta[2], "bytes_per_swap_se": se[2],
                         "start_mib": pts[0][key] / 2**20, "end_mib": pts[-1][key] / 2**20}
-    res["series"] = [[round(p["t"], 1), p["requests"], p["swaps"], p["anon"], p["rss"], p["file"]] for p in samples]
-    report(res, out)
     return res
 
 
 def report(res: dict, out=print):
     out(f"soak done: {res['requests']} requests in {res['load_seconds']} s ({res['rate']:,.0f}/s), "
         f"{res['errors']} non-200/errors, {res['swaps']} swaps ({res['failed_swaps']} never went live), "
-        f"{'%d scrapes' % res['scrapes'] if res['scrape_seconds'] else 'no scraper'}, {res['samples']} samples fitted")
+        f"{'%d scrapes' % res['scrapes'] if res['scrape_seconds'] else 'no scraper'}, {res['samples']} samples "
+        f"fitted (after the first {res['warmup_fraction']:.0%} of the requests)")
     for key, label in (("anon", "RssAnon"), ("rss", "VmRSS")):
         f = res.get(key)
         if not f:
@@ -291,11 +304,18 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=3600, help="stop the load after this long regardless")
     ap.add_argument("--max-bytes-per-request", type=float, help="exit 1 if the RssAnon slope is above this")
     ap.add_argument("--max-bytes-per-swap", type=float, help="exit 1 if the RssAnon per-swap slope is above this")
+    ap.add_argument("--warmup-fraction", type=float, default=0.2,
+                    help="leave the first fraction of the requests out of the fit (allocator warm-up)")
     ap.add_argument("--json", help="write the result (with every sample) to this file")
+    ap.add_argument("--refit", metavar="JSON", help="no run: fit the samples of an earlier --json again")
     args = ap.parse_args()
-    res = soak(harness.find_binary(args.bin), args.requests, args.swap_seconds, args.scrape_seconds, args.workers,
-               args.rate, args.items, args.candidates, args.sample_seconds, args.idle_swaps,
-               max_seconds=args.max_seconds)
+    if args.refit:
+        res = fit(json.loads(Path(args.refit).read_text()), args.warmup_fraction)
+        report(res)
+    else:
+        res = soak(harness.find_binary(args.bin), args.requests, args.swap_seconds, args.scrape_seconds,
+                   args.workers, args.rate, args.items, args.candidates, args.sample_seconds, args.idle_swaps,
+                   args.warmup_fraction, max_seconds=args.max_seconds)
     if args.json:
         Path(args.json).write_text(json.dumps(res))
     bad = []
