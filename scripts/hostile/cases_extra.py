@@ -14,8 +14,8 @@ import struct
 import subprocess
 import time
 
-from harness import (MODEL, Check, ConnClosed, Context, Http, build_request, case, chunked, one_request,
-                     rank_body, wait_until)
+from harness import (MODEL, Check, ConnClosed, Context, Http, build_request, case, chunked, nan_in_row,
+                     one_request, rank_body, wait_until)
 from cases_findings import _must_refuse
 
 J = {"Content-Type": "application/json"}
@@ -572,3 +572,19 @@ def _(ctx: Context, check: Check):
     check.expect((s.live() or {}).get("version") == 1, f"live is {s.live()}")
     check.status(s.rank(rank_body(ctx.snaps.ids(src), n=5, k=1)), 200, label="rank")
 
+
+
+@case("op.versions_on_disk_all_listed", background=True,
+      expected="a bad version published just before a good one (v2 with a NaN row, then v3) is still listed in "
+               "/v1/models (not_loaded = 'on disk: not tried yet', or failed), as docs/api.md says")
+def _(ctx: Context, check: Check):
+    src = ctx.snaps.source()
+    s = ctx.server("op-listed", src, args=["--poll-seconds", "1"])
+    md = s.root / MODEL
+    bad, good = ctx.snaps.stage(src, md, 2, nan_in_row), ctx.snaps.stage(src, md, 3)
+    ctx.snaps.rename_in(bad, md / "2")  # both renames land within one debounce / poll interval
+    ctx.snaps.rename_in(good, md / "3")
+    check.expect(s.wait_live(3), "v3 never went live")
+    time.sleep(2.5)  # a couple of rescans
+    states = {v["version"]: v["state"] for v in s.model().get("versions", [])}
+    check.expect(2 in states, f"v2 is on disk but /v1/models lists only {states}")
