@@ -668,7 +668,8 @@ def _(ctx: Context, check: Check):
     now = s.rss()["RssAnon"]
     check.note(f"RssAnon peak {peak / 2**20:.0f} MiB, {time.monotonic() - t:.0f} s later {now / 2**20:.0f} MiB")
     check.expect(bool(released), f"RssAnon still {now / 2**20:.0f} MiB ({(now - base) / 2**20:+.0f} MiB) "
-                                 f"{time.monotonic() - t:.0f} s after 10 unread responses (peak {peak / 2**20:.0f} MiB)")
+                                 f"{time.monotonic() - t:.0f} s after 10 unread responses "
+                                 f"(peak {peak / 2**20:.0f} MiB)")
     for so in socks:
         so.close()
 

@@ -14,9 +14,11 @@ term is not collinear with the per-request one). Samples: every --sample-seconds
 RssFile of the server and the running request and swap counts.
 
 Fit: RssAnon = a + b * requests + c * swaps by least squares over the samples after the warm-up
-(--warmup-fraction of the requests, default 20%: the allocator's own growth comes first); the uncertainties are Newey-West (HAC) standard errors, because
-consecutive samples are autocorrelated (plain OLS errors would be far too small). The same fit is
-reported for VmRSS. `--refit JSON` fits a saved run again (e.g. with another warm-up). Exit 1 if a bound (--max-bytes-per-request, --max-bytes-per-swap) is exceeded.
+(--warmup-fraction of the requests, default 20%: the allocator's own growth comes first); the
+uncertainties are Newey-West (HAC) standard errors, because consecutive samples are autocorrelated
+(plain OLS errors would be far too small). The same fit is reported for VmRSS. `--refit JSON` fits
+a saved run again (e.g. with another warm-up). Exit 1 if a bound (--max-bytes-per-request,
+--max-bytes-per-swap) is exceeded or the server died.
 """
 
 from __future__ import annotations
