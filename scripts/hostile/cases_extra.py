@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
 import random
 import socket
 import struct
 import subprocess
 import time
 
-from harness import (MODEL, Check, ConnClosed, Context, Http, build_request, case, chunked, nan_in_row,
-                     one_request, rank_body, wait_until)
+from harness import (MODEL, Check, ConnClosed, Context, Http, build_request, case, chunked, fsync_dir,
+                     nan_in_row, one_request, rank_body, wait_until)
 from cases_findings import _must_refuse
 
 J = {"Content-Type": "application/json"}
@@ -582,8 +583,9 @@ def _(ctx: Context, check: Check):
     s = ctx.server("op-listed", src, args=["--poll-seconds", "1"])
     md = s.root / MODEL
     bad, good = ctx.snaps.stage(src, md, 2, nan_in_row), ctx.snaps.stage(src, md, 3)
-    ctx.snaps.rename_in(bad, md / "2")  # both renames land within one debounce / poll interval
-    ctx.snaps.rename_in(good, md / "3")
+    os.rename(bad, md / "2")  # back to back (microseconds): one rescan sees both
+    os.rename(good, md / "3")
+    fsync_dir(md)
     check.expect(s.wait_live(3), "v3 never went live")
     time.sleep(2.5)  # a couple of rescans
     states = {v["version"]: v["state"] for v in s.model().get("versions", [])}
