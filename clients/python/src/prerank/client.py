@@ -1,0 +1,288 @@
+"""``Client`` and ``AsyncClient``: the public entry points.
+
+A client owns one transport (a connection pool), a default model, a timeout and a retry policy. Per
+call it normalises the request once (``prerank.types``), picks one request id (the caller's, or a
+fresh 32-hex-digit one) that every attempt sends as ``x-request-id``, and runs the retry loop of
+``prerank.retry`` around single transport attempts. The two clients differ only in ``await`` and
+``asyncio.sleep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from .errors import PrerankError
+from .retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
+from .transport import AsyncHttpTransport, AsyncTransport, HttpTransport, Transport
+from .types import Candidates, RankRequest, RankResult, ServerStatus, User, candidate_array
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def new_request_id() -> str:
+    """A fresh request id in the server's own format (32 lowercase hex digits)."""
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id: str) -> str:
+    """The server keeps an ``x-request-id`` of 1..128 visible ASCII characters and replaces any
+    other; refuse such ids here, so the id in the logs is the one the caller chose."""
+    if not (
+        isinstance(request_id, str)
+        and 1 <= len(request_id) <= 128
+        and all("!" <= c <= "~" for c in request_id)
+    ):
+        raise ValueError(f"request_id: expected 1..128 visible ASCII characters, found {request_id!r}")
+    return request_id
+
+
+class _Common:
+    """What both clients hold and do before any I/O."""
+
+    def __init__(
+        self,
+        model: str | None,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        on_retry: Callable[[RetryEvent], None] | None,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.retry = retry or NO_RETRY
+        self.on_retry = on_retry
+
+    def rank_request(
+        self,
+        user: User | Mapping[str, Any] | None,
+        candidates: Candidates,
+        k: int,
+        model: str | None,
+        bucket: str | None,
+        with_probability: bool,
+    ) -> RankRequest:
+        return RankRequest(
+            user=User.of(user),
+            candidates=candidate_array(candidates),
+            k=k,
+            model=model if model is not None else self.model,
+            bucket=bucket,
+            with_probability=bool(with_probability),
+        )
+
+    def retry_delay(self, attempts: Attempts, error: PrerankError, request_id: str) -> float:
+        """The wait before the next attempt, or raises ``error`` (retries exhausted or not allowed)."""
+        if error.request_id is None:
+            error.request_id = request_id
+        delay = attempts.delay_after(error)
+        if delay is None:
+            raise error
+        if self.on_retry is not None:
+            self.on_retry(RetryEvent(attempts.attempt - 1, error, delay))
+        return delay
+
+
+def _transport(
+    url: str,
+    transport: str | Transport,
+    timeout: float | None,
+    headers: Mapping[str, str] | None,
+    http_client: httpx.Client | None,
+) -> Transport:
+    if not isinstance(transport, str):
+        return transport
+    if transport == "grpc":
+        from .grpc_transport import GrpcTransport
+
+        return GrpcTransport(url, timeout=timeout)
+    return HttpTransport(url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client)
+
+
+class Client:
+    """A synchronous prerank client (thread-safe: one connection pool shared by all threads).
+
+    ``transport`` is ``"json"`` (default), ``"protobuf"`` (smaller bodies for large candidate lists)
+    or a ``Transport`` instance. ``timeout`` applies to each network operation of an attempt;
+    ``retry`` bounds attempts, waits and the whole call (``None``: never retry). ``model`` is the
+    default model of ``rank``. Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        transport: str | Transport = "json",
+        model: str | None = None,
+        timeout: float | None = 5.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._c = _Common(model, timeout, retry, on_retry)
+        self.transport = _transport(url, transport, timeout, headers, http_client)
+
+    def _call(
+        self, request_id: str | None, timeout: float | None, attempt: Callable[[str, float | None], T]
+    ) -> T:
+        rid = new_request_id() if request_id is None else check_request_id(request_id)
+        attempts = Attempts(self._c.retry)
+        per_attempt = self._c.timeout if timeout is None else timeout
+        while True:
+            try:
+                return attempt(rid, attempts.timeout(per_attempt))
+            except PrerankError as e:
+                time.sleep(self._c.retry_delay(attempts, e, rid))
+
+    def rank(
+        self,
+        user: User | Mapping[str, Any] | None,
+        candidates: Candidates,
+        *,
+        k: int,
+        model: str | None = None,
+        bucket: str | None = None,
+        with_probability: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> RankResult:
+        """Scores ``candidates`` for ``user`` and returns the top ``k`` (``POST /v1/rank``).
+
+        ``user`` is a ``User``, the JSON shape as a dict, or ``None`` (cold start); ``candidates`` a
+        ``numpy`` integer array (``uint64`` is sent without conversion) or a sequence of ints.
+        Raises ``prerank.errors.PrerankError`` subclasses with the server's code and message.
+        """
+        req = self._c.rank_request(user, candidates, k, model, bucket, with_probability)
+        return self._call(
+            request_id, timeout, lambda rid, t: self.transport.rank(req, request_id=rid, timeout=t)
+        )
+
+    def list_models(self, *, request_id: str | None = None, timeout: float | None = None) -> ServerStatus:
+        """Every model, its live snapshot and version states, and the bucket plan (``GET /v1/models``)."""
+        return self._call(
+            request_id, timeout, lambda rid, t: self.transport.list_models(request_id=rid, timeout=t)
+        )
+
+    def is_ready(self, *, timeout: float | None = None) -> bool:
+        """``/readyz``: a verified model is live (and every served bucket has its model). Not retried."""
+        return self.transport.ready(timeout=self._c.timeout if timeout is None else timeout)
+
+    def is_live(self, *, timeout: float | None = None) -> bool:
+        """``/healthz``: the process is up. Not retried."""
+        return self.transport.live(timeout=self._c.timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _async_transport(
+    url: str,
+    transport: str | AsyncTransport,
+    timeout: float | None,
+    headers: Mapping[str, str] | None,
+    http_client: httpx.AsyncClient | None,
+) -> AsyncTransport:
+    if not isinstance(transport, str):
+        return transport
+    if transport == "grpc":
+        from .grpc_transport import AsyncGrpcTransport
+
+        return AsyncGrpcTransport(url, timeout=timeout)
+    return AsyncHttpTransport(
+        url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client
+    )
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client`` (same arguments, same results, same errors); ``async with``
+    it, or ``await client.aclose()``."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        transport: str | AsyncTransport = "json",
+        model: str | None = None,
+        timeout: float | None = 5.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._c = _Common(model, timeout, retry, on_retry)
+        self.transport = _async_transport(url, transport, timeout, headers, http_client)
+
+    async def _call(
+        self,
+        request_id: str | None,
+        timeout: float | None,
+        attempt: Callable[[str, float | None], Awaitable[T]],
+    ) -> T:
+        rid = new_request_id() if request_id is None else check_request_id(request_id)
+        attempts = Attempts(self._c.retry)
+        per_attempt = self._c.timeout if timeout is None else timeout
+        while True:
+            try:
+                return await attempt(rid, attempts.timeout(per_attempt))
+            except PrerankError as e:
+                await asyncio.sleep(self._c.retry_delay(attempts, e, rid))
+
+    async def rank(
+        self,
+        user: User | Mapping[str, Any] | None,
+        candidates: Candidates,
+        *,
+        k: int,
+        model: str | None = None,
+        bucket: str | None = None,
+        with_probability: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> RankResult:
+        """``Client.rank``, awaited."""
+        req = self._c.rank_request(user, candidates, k, model, bucket, with_probability)
+        return await self._call(
+            request_id, timeout, lambda rid, t: self.transport.rank(req, request_id=rid, timeout=t)
+        )
+
+    async def list_models(
+        self, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ServerStatus:
+        """``Client.list_models``, awaited."""
+        return await self._call(
+            request_id, timeout, lambda rid, t: self.transport.list_models(request_id=rid, timeout=t)
+        )
+
+    async def is_ready(self, *, timeout: float | None = None) -> bool:
+        """``Client.is_ready``, awaited."""
+        return await self.transport.ready(timeout=self._c.timeout if timeout is None else timeout)
+
+    async def is_live(self, *, timeout: float | None = None) -> bool:
+        """``Client.is_live``, awaited."""
+        return await self.transport.live(timeout=self._c.timeout if timeout is None else timeout)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
