@@ -152,31 +152,52 @@ MODES = ["sync-json", "sync-protobuf", "async-json", "async-protobuf"]
 
 
 class Caller:
-    """Runs one client call in one mode: the sync or the async client, over JSON or protobuf (the
-    async client in a fresh event loop), so every behaviour is checked on all four."""
+    """Runs one client call in one mode: the sync or the async client, over JSON or protobuf, so
+    every behaviour is checked on all four. Clients are kept per URL and options (a client is meant
+    to live long: creating one builds a TLS context), the async ones on the caller's own loop."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.is_async, self.transport = mode.split("-")[0] == "async", mode.split("-")[1]
+        self._clients: dict[str, Any] = {}
+        self._loop = asyncio.new_event_loop() if self.is_async else None
+
+    def client(self, url: str, options: dict[str, Any]) -> Any:
+        key = f"{url} {sorted(options.items())!r}"
+        if key not in self._clients:
+            cls = prerank.AsyncClient if self.is_async else prerank.Client
+            self._clients[key] = cls(url, **options)
+        return self._clients[key]
 
     def __call__(
         self, url: str, method: str, *args: Any, client_options: dict[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        options = {"transport": self.transport, "model": MODEL, **(client_options or {})}
-        if not self.is_async:
-            with prerank.Client(url, **options) as client:
-                return getattr(client, method)(*args, **kwargs)
+        client = self.client(url, {"transport": self.transport, "model": MODEL, **(client_options or {})})
+        if self._loop is None:
+            return getattr(client, method)(*args, **kwargs)
+        return self._loop.run_until_complete(getattr(client, method)(*args, **kwargs))
 
-        async def run() -> Any:
-            async with prerank.AsyncClient(url, **options) as client:
-                return await getattr(client, method)(*args, **kwargs)
+    def close(self) -> None:
+        for client in self._clients.values():
+            if self._loop is None:
+                client.close()
+            else:
+                self._loop.run_until_complete(client.aclose())
+        if self._loop is not None:
+            self._loop.close()
 
-        return asyncio.run(run())
+
+@pytest.fixture(scope="session")
+def callers() -> Iterator[dict[str, Caller]]:
+    made = {mode: Caller(mode) for mode in MODES}
+    yield made
+    for caller in made.values():
+        caller.close()
 
 
 @pytest.fixture(params=MODES)
-def call(request: pytest.FixtureRequest) -> Caller:
-    return Caller(request.param)
+def call(request: pytest.FixtureRequest, callers: dict[str, Caller]) -> Caller:
+    return callers[request.param]
 
 
 @pytest.fixture

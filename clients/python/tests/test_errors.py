@@ -227,8 +227,10 @@ def test_unknown_route_and_oversized_headers(main_server: Server) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync-json", "async-protobuf"])
-def test_statuses_only_a_stand_in_can_send(scripted: ScriptedServer, mode: str) -> None:
-    call = Caller(mode)
+def test_statuses_only_a_stand_in_can_send(
+    scripted: ScriptedServer, callers: dict[str, Caller], mode: str
+) -> None:
+    call = callers[mode]
     scripted.add(500, {"error": {"code": "internal", "message": "internal error"}}, x_request_id="s-1")
     err = raises(call, scripted.url, prerank.InternalError, "internal", 500, None, [1], k=1)
     assert (err.message, err.request_id) == ("internal error", "s-1")

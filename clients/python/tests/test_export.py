@@ -27,7 +27,7 @@ def test_exported_snapshot_passes_prerank_validate(student_dir: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "int8"])
 def test_served_scores_equal_the_numpy_reference(
-    dtype: str, dtype_server: Callable[[str], Server], student_dir: Path
+    callers: dict[str, Caller], dtype: str, dtype_server: Callable[[str], Server], student_dir: Path
 ) -> None:
     server = dtype_server(dtype)
     snap = read_snapshot(student_dir)
@@ -53,7 +53,7 @@ def test_served_scores_equal_the_numpy_reference(
                     {"item_id": 99, "dwell_seconds": 2}
                 )  # unknown item: attributes missing
             candidates = ids[rng.choice(ids.size, size=1500, replace=False)]
-            result = Caller(mode)(server.url, "rank", user, candidates, k=100)
+            result = callers[mode](server.url, "rank", user, candidates, k=100)
             assert result.dtype == dtype
             want = dict(reference.rank(user, candidates, 1500))
             got = result.scores.astype(np.float64)
@@ -184,4 +184,3 @@ def test_refusals_name_the_field(tmp_path: Path) -> None:
         r"items.attributes\['shop'\]: expected shape \[50\]",
         items=lambda i: Items(i.ids, i.vectors, {"shop": np.zeros(3, dtype=np.uint64)}),
     )
-
