@@ -14,11 +14,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from .errors import PrerankError
+from .grpc_transport import AsyncGrpcTransport, GrpcTransport
 from .retry import NO_RETRY, Attempts, RetryEvent, RetryPolicy
 from .transport import AsyncHttpTransport, AsyncTransport, HttpTransport, Transport
 from .types import Candidates, RankRequest, RankResult, ServerStatus, User, candidate_array
@@ -77,6 +78,14 @@ class _Common:
             with_probability=bool(with_probability),
         )
 
+    def start(self, request_id: str | None, timeout: float | None) -> tuple[str, Attempts, float | None]:
+        """A call's request id, retry state and per-attempt timeout."""
+        rid = new_request_id() if request_id is None else check_request_id(request_id)
+        return rid, Attempts(self.retry), self.timeout if timeout is None else timeout
+
+    def probe_timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
     def retry_delay(self, attempts: Attempts, error: PrerankError, request_id: str) -> float:
         """The wait before the next attempt, or raises ``error`` (retries exhausted or not allowed)."""
         if error.request_id is None:
@@ -89,23 +98,40 @@ class _Common:
         return delay
 
 
-def _transport(
-    url: str,
-    transport: str | Transport,
-    timeout: float | None,
-    headers: Mapping[str, str] | None,
-    http_client: httpx.Client | None,
-) -> Transport:
-    if not isinstance(transport, str):
-        return transport
-    if transport == "grpc":
-        from .grpc_transport import GrpcTransport
-
-        return GrpcTransport(url, timeout=timeout)
-    return HttpTransport(url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client)
+_T = TypeVar("_T")  # Transport or AsyncTransport
+_HC = TypeVar("_HC")  # httpx.Client or httpx.AsyncClient
 
 
-class Client:
+class _ClientBase(Generic[_T, _HC]):
+    """The constructor both clients share (arguments documented on ``Client``)."""
+
+    _http_class: Callable[..., _T]
+    _grpc_class: Callable[..., _T]
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        transport: str | _T = "json",
+        model: str | None = None,
+        timeout: float | None = 5.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: _HC | None = None,
+    ) -> None:
+        self._c = _Common(model, timeout, retry, on_retry)
+        if not isinstance(transport, str):
+            self.transport: _T = transport
+        elif transport == "grpc":
+            self.transport = self._grpc_class(url, timeout=timeout)
+        else:
+            self.transport = self._http_class(
+                url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client
+            )
+
+
+class Client(_ClientBase[Transport, httpx.Client]):
     """A synchronous prerank client (thread-safe: one connection pool shared by all threads).
 
     ``transport`` is ``"json"`` (default), ``"protobuf"`` (smaller bodies for large candidate lists)
@@ -114,27 +140,13 @@ class Client:
     default model of ``rank``. Use as a context manager, or call ``close()``.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        transport: str | Transport = "json",
-        model: str | None = None,
-        timeout: float | None = 5.0,
-        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
-        on_retry: Callable[[RetryEvent], None] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        self._c = _Common(model, timeout, retry, on_retry)
-        self.transport = _transport(url, transport, timeout, headers, http_client)
+    _http_class = HttpTransport
+    _grpc_class = GrpcTransport
 
     def _call(
         self, request_id: str | None, timeout: float | None, attempt: Callable[[str, float | None], T]
     ) -> T:
-        rid = new_request_id() if request_id is None else check_request_id(request_id)
-        attempts = Attempts(self._c.retry)
-        per_attempt = self._c.timeout if timeout is None else timeout
+        rid, attempts, per_attempt = self._c.start(request_id, timeout)
         while True:
             try:
                 return attempt(rid, attempts.timeout(per_attempt))
@@ -172,11 +184,11 @@ class Client:
 
     def is_ready(self, *, timeout: float | None = None) -> bool:
         """``/readyz``: a verified model is live (and every served bucket has its model). Not retried."""
-        return self.transport.ready(timeout=self._c.timeout if timeout is None else timeout)
+        return self.transport.ready(timeout=self._c.probe_timeout(timeout))
 
     def is_live(self, *, timeout: float | None = None) -> bool:
         """``/healthz``: the process is up. Not retried."""
-        return self.transport.live(timeout=self._c.timeout if timeout is None else timeout)
+        return self.transport.live(timeout=self._c.probe_timeout(timeout))
 
     def close(self) -> None:
         self.transport.close()
@@ -190,42 +202,12 @@ class Client:
         self.close()
 
 
-def _async_transport(
-    url: str,
-    transport: str | AsyncTransport,
-    timeout: float | None,
-    headers: Mapping[str, str] | None,
-    http_client: httpx.AsyncClient | None,
-) -> AsyncTransport:
-    if not isinstance(transport, str):
-        return transport
-    if transport == "grpc":
-        from .grpc_transport import AsyncGrpcTransport
-
-        return AsyncGrpcTransport(url, timeout=timeout)
-    return AsyncHttpTransport(
-        url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client
-    )
-
-
-class AsyncClient:
+class AsyncClient(_ClientBase[AsyncTransport, httpx.AsyncClient]):
     """The asyncio twin of ``Client`` (same arguments, same results, same errors); ``async with``
     it, or ``await client.aclose()``."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        transport: str | AsyncTransport = "json",
-        model: str | None = None,
-        timeout: float | None = 5.0,
-        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
-        on_retry: Callable[[RetryEvent], None] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._c = _Common(model, timeout, retry, on_retry)
-        self.transport = _async_transport(url, transport, timeout, headers, http_client)
+    _http_class = AsyncHttpTransport
+    _grpc_class = AsyncGrpcTransport
 
     async def _call(
         self,
@@ -233,9 +215,7 @@ class AsyncClient:
         timeout: float | None,
         attempt: Callable[[str, float | None], Awaitable[T]],
     ) -> T:
-        rid = new_request_id() if request_id is None else check_request_id(request_id)
-        attempts = Attempts(self._c.retry)
-        per_attempt = self._c.timeout if timeout is None else timeout
+        rid, attempts, per_attempt = self._c.start(request_id, timeout)
         while True:
             try:
                 return await attempt(rid, attempts.timeout(per_attempt))
@@ -270,11 +250,11 @@ class AsyncClient:
 
     async def is_ready(self, *, timeout: float | None = None) -> bool:
         """``Client.is_ready``, awaited."""
-        return await self.transport.ready(timeout=self._c.timeout if timeout is None else timeout)
+        return await self.transport.ready(timeout=self._c.probe_timeout(timeout))
 
     async def is_live(self, *, timeout: float | None = None) -> bool:
         """``Client.is_live``, awaited."""
-        return await self.transport.live(timeout=self._c.timeout if timeout is None else timeout)
+        return await self.transport.live(timeout=self._c.probe_timeout(timeout))
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
@@ -175,6 +175,7 @@ class _HttpCalls:
             f"{self.base}/v1/rank",
             content=self.encoding.encode_rank(req),
             headers={
+                **self.headers,
                 "content-type": self.encoding.content_type,
                 "accept": self.encoding.content_type,
                 REQUEST_ID_HEADER: rid,
@@ -197,11 +198,9 @@ class _HttpCalls:
     def get(
         self, http: httpx.Client | httpx.AsyncClient, path: str, rid: str | None, timeout: float | None
     ) -> httpx.Request:
-        headers = (
-            {"accept": "application/json"}
-            if rid is None
-            else {"accept": "application/json", REQUEST_ID_HEADER: rid}
-        )
+        headers = {**self.headers, "accept": "application/json"}
+        if rid is not None:
+            headers[REQUEST_ID_HEADER] = rid
         return http.build_request("GET", f"{self.base}{path}", headers=headers, timeout=timeout)
 
     def status_result(self, response: httpx.Response, rid: str) -> ServerStatus:
@@ -229,17 +228,14 @@ class _HttpCalls:
         if response.status_code >= 400:
             raise error_from_response(response, rid)
 
-    def client_options(self, timeout: float | None) -> dict[str, Any]:
-        return {"headers": self.headers, "timeout": timeout, "follow_redirects": False}
+
+_H = TypeVar("_H", httpx.Client, httpx.AsyncClient)
 
 
-class HttpTransport:
-    """``POST /v1/rank`` over HTTP/1.1 with a pooled, keep-alive ``httpx.Client``.
+class _HttpTransportBase(Generic[_H]):
+    """What the sync and async HTTP transports hold: the calls and one pooled httpx client."""
 
-    ``encoding`` is ``"json"`` or ``"protobuf"``. Pass ``http_client`` to bring your own (TLS,
-    proxies, limits, event hooks); it is then yours to close. ``timeout`` is httpx's: a limit on each
-    network operation (connect, each read, each write) of an attempt.
-    """
+    _client_class: type[_H]
 
     def __init__(
         self,
@@ -248,17 +244,31 @@ class HttpTransport:
         encoding: str | Encoding = "json",
         timeout: float | None = 5.0,
         headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: _H | None = None,
     ) -> None:
         self._calls = _HttpCalls(url, encoding, headers)
         self._owned = http_client is None
-        self._http = http_client or httpx.Client(**self._calls.client_options(timeout))
-        if not self._owned:
-            self._http.headers.update(self._calls.headers)
+        self._http: _H = (
+            self._client_class(timeout=timeout, follow_redirects=False)
+            if http_client is None
+            else http_client
+        )
 
     @property
     def encoding(self) -> str:
+        """``json`` or ``protobuf``."""
         return self._calls.encoding.name
+
+
+class HttpTransport(_HttpTransportBase[httpx.Client]):
+    """``POST /v1/rank`` over HTTP/1.1 with a pooled, keep-alive ``httpx.Client``.
+
+    ``encoding`` is ``"json"`` or ``"protobuf"``. Pass ``http_client`` to bring your own (TLS,
+    proxies, limits, event hooks); it is used as it is and stays yours to close. ``timeout`` is
+    httpx's: a limit on each network operation (connect, each read, each write) of an attempt.
+    """
+
+    _client_class = httpx.Client
 
     def _send(self, request: httpx.Request, rid: str | None) -> httpx.Response:
         with _network_errors(rid):
@@ -287,27 +297,10 @@ class HttpTransport:
             self._http.close()
 
 
-class AsyncHttpTransport:
+class AsyncHttpTransport(_HttpTransportBase[httpx.AsyncClient]):
     """``HttpTransport`` on asyncio, with a pooled ``httpx.AsyncClient``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        encoding: str | Encoding = "json",
-        timeout: float | None = 5.0,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._calls = _HttpCalls(url, encoding, headers)
-        self._owned = http_client is None
-        self._http = http_client or httpx.AsyncClient(**self._calls.client_options(timeout))
-        if not self._owned:
-            self._http.headers.update(self._calls.headers)
-
-    @property
-    def encoding(self) -> str:
-        return self._calls.encoding.name
+    _client_class = httpx.AsyncClient
 
     async def _send(self, request: httpx.Request, rid: str | None) -> httpx.Response:
         with _network_errors(rid):
