@@ -45,22 +45,45 @@ def check_request_id(request_id: str) -> str:
     return request_id
 
 
-class _Common:
-    """What both clients hold and do before any I/O."""
+_T = TypeVar("_T")  # Transport or AsyncTransport
+_HC = TypeVar("_HC")  # httpx.Client or httpx.AsyncClient
+
+
+class _ClientBase(Generic[_T, _HC]):
+    """What both clients hold and do before any I/O; the constructor's arguments are documented
+    on ``Client``."""
+
+    _http_class: Callable[..., _T]
+    _grpc_class: Callable[..., _T]
 
     def __init__(
         self,
-        model: str | None,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-        on_retry: Callable[[RetryEvent], None] | None,
+        url: str = DEFAULT_URL,
+        *,
+        transport: str | _T = "json",
+        model: str | None = None,
+        timeout: float | None = 5.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_client: _HC | None = None,
     ) -> None:
+        #: Default model of ``rank`` (``None``: the server's default).
         self.model = model
+        #: Per-attempt timeout of each call that does not give one.
         self.timeout = timeout
         self.retry = retry or NO_RETRY
         self.on_retry = on_retry
+        if not isinstance(transport, str):
+            self.transport: _T = transport
+        elif transport == "grpc":
+            self.transport = self._grpc_class(url, timeout=timeout)
+        else:
+            self.transport = self._http_class(
+                url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client
+            )
 
-    def rank_request(
+    def _rank_request(
         self,
         user: User | Mapping[str, Any] | None,
         candidates: Candidates,
@@ -78,15 +101,15 @@ class _Common:
             with_probability=bool(with_probability),
         )
 
-    def start(self, request_id: str | None, timeout: float | None) -> tuple[str, Attempts, float | None]:
+    def _start(self, request_id: str | None, timeout: float | None) -> tuple[str, Attempts, float | None]:
         """A call's request id, retry state and per-attempt timeout."""
         rid = new_request_id() if request_id is None else check_request_id(request_id)
         return rid, Attempts(self.retry), self.timeout if timeout is None else timeout
 
-    def probe_timeout(self, timeout: float | None) -> float | None:
+    def _probe_timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
 
-    def retry_delay(self, attempts: Attempts, error: PrerankError, request_id: str) -> float:
+    def _retry_delay(self, attempts: Attempts, error: PrerankError, request_id: str) -> float:
         """The wait before the next attempt, or raises ``error`` (retries exhausted or not allowed)."""
         if error.request_id is None:
             error.request_id = request_id
@@ -96,39 +119,6 @@ class _Common:
         if self.on_retry is not None:
             self.on_retry(RetryEvent(attempts.attempt - 1, error, delay))
         return delay
-
-
-_T = TypeVar("_T")  # Transport or AsyncTransport
-_HC = TypeVar("_HC")  # httpx.Client or httpx.AsyncClient
-
-
-class _ClientBase(Generic[_T, _HC]):
-    """The constructor both clients share (arguments documented on ``Client``)."""
-
-    _http_class: Callable[..., _T]
-    _grpc_class: Callable[..., _T]
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        transport: str | _T = "json",
-        model: str | None = None,
-        timeout: float | None = 5.0,
-        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
-        on_retry: Callable[[RetryEvent], None] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_client: _HC | None = None,
-    ) -> None:
-        self._c = _Common(model, timeout, retry, on_retry)
-        if not isinstance(transport, str):
-            self.transport: _T = transport
-        elif transport == "grpc":
-            self.transport = self._grpc_class(url, timeout=timeout)
-        else:
-            self.transport = self._http_class(
-                url, encoding=transport, timeout=timeout, headers=headers, http_client=http_client
-            )
 
 
 class Client(_ClientBase[Transport, httpx.Client]):
@@ -146,12 +136,12 @@ class Client(_ClientBase[Transport, httpx.Client]):
     def _call(
         self, request_id: str | None, timeout: float | None, attempt: Callable[[str, float | None], T]
     ) -> T:
-        rid, attempts, per_attempt = self._c.start(request_id, timeout)
+        rid, attempts, per_attempt = self._start(request_id, timeout)
         while True:
             try:
                 return attempt(rid, attempts.timeout(per_attempt))
             except PrerankError as e:
-                time.sleep(self._c.retry_delay(attempts, e, rid))
+                time.sleep(self._retry_delay(attempts, e, rid))
 
     def rank(
         self,
@@ -171,7 +161,7 @@ class Client(_ClientBase[Transport, httpx.Client]):
         ``numpy`` integer array (``uint64`` is sent without conversion) or a sequence of ints.
         Raises ``prerank.errors.PrerankError`` subclasses with the server's code and message.
         """
-        req = self._c.rank_request(user, candidates, k, model, bucket, with_probability)
+        req = self._rank_request(user, candidates, k, model, bucket, with_probability)
         return self._call(
             request_id, timeout, lambda rid, t: self.transport.rank(req, request_id=rid, timeout=t)
         )
@@ -184,11 +174,11 @@ class Client(_ClientBase[Transport, httpx.Client]):
 
     def is_ready(self, *, timeout: float | None = None) -> bool:
         """``/readyz``: a verified model is live (and every served bucket has its model). Not retried."""
-        return self.transport.ready(timeout=self._c.probe_timeout(timeout))
+        return self.transport.ready(timeout=self._probe_timeout(timeout))
 
     def is_live(self, *, timeout: float | None = None) -> bool:
         """``/healthz``: the process is up. Not retried."""
-        return self.transport.live(timeout=self._c.probe_timeout(timeout))
+        return self.transport.live(timeout=self._probe_timeout(timeout))
 
     def close(self) -> None:
         self.transport.close()
@@ -215,12 +205,12 @@ class AsyncClient(_ClientBase[AsyncTransport, httpx.AsyncClient]):
         timeout: float | None,
         attempt: Callable[[str, float | None], Awaitable[T]],
     ) -> T:
-        rid, attempts, per_attempt = self._c.start(request_id, timeout)
+        rid, attempts, per_attempt = self._start(request_id, timeout)
         while True:
             try:
                 return await attempt(rid, attempts.timeout(per_attempt))
             except PrerankError as e:
-                await asyncio.sleep(self._c.retry_delay(attempts, e, rid))
+                await asyncio.sleep(self._retry_delay(attempts, e, rid))
 
     async def rank(
         self,
@@ -235,7 +225,7 @@ class AsyncClient(_ClientBase[AsyncTransport, httpx.AsyncClient]):
         timeout: float | None = None,
     ) -> RankResult:
         """``Client.rank``, awaited."""
-        req = self._c.rank_request(user, candidates, k, model, bucket, with_probability)
+        req = self._rank_request(user, candidates, k, model, bucket, with_probability)
         return await self._call(
             request_id, timeout, lambda rid, t: self.transport.rank(req, request_id=rid, timeout=t)
         )
@@ -250,11 +240,11 @@ class AsyncClient(_ClientBase[AsyncTransport, httpx.AsyncClient]):
 
     async def is_ready(self, *, timeout: float | None = None) -> bool:
         """``Client.is_ready``, awaited."""
-        return await self.transport.ready(timeout=self._c.probe_timeout(timeout))
+        return await self.transport.ready(timeout=self._probe_timeout(timeout))
 
     async def is_live(self, *, timeout: float | None = None) -> bool:
         """``Client.is_live``, awaited."""
-        return await self.transport.live(timeout=self._c.probe_timeout(timeout))
+        return await self.transport.live(timeout=self._probe_timeout(timeout))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
