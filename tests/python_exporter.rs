@@ -1,25 +1,43 @@
 //! The format spec is enough to write an exporter in another language: the Python example in
-//! docs/examples (numpy + safetensors, its own numpy forward pass for the golden checks) produces a
-//! snapshot that `prerank validate` accepts, golden checks included.
+//! docs/examples, a few lines over the `prerank` Python package's exporter (clients/python: numpy +
+//! safetensors, its own numpy forward pass for the golden checks), produces a snapshot that
+//! `prerank validate` accepts, golden checks included.
 //!
-//! Needs `python3` with numpy and safetensors; `.ci/run` installs them. Outside CI the test is skipped
-//! (with a message) when they are missing; under CI (`CI` set) their absence is a failure.
+//! Runs the interpreter named by `PRERANK_PYTHON` (default `python3`) with this checkout's
+//! `clients/python/src` first on `PYTHONPATH`, so the exporter under test is always the one in the
+//! tree; the interpreter needs the package's dependencies (`pip install ./clients/python`). `.ci/run`
+//! installs the package into a virtualenv and points `PRERANK_PYTHON` at it. Outside CI the test is
+//! skipped (with a message) when the dependencies are missing; under CI (`CI` set) that is a failure.
 
 use std::process::Command;
 
+fn python() -> Command {
+    let interpreter = std::env::var("PRERANK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(interpreter);
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/src");
+    let path = match std::env::var_os("PYTHONPATH") {
+        Some(rest) if !rest.is_empty() => format!("{src}:{}", rest.to_string_lossy()),
+        _ => src.to_string(),
+    };
+    cmd.env("PYTHONPATH", path);
+    cmd
+}
+
 #[test]
 fn python_example_exporter_produces_a_valid_snapshot() {
-    let have_deps = Command::new("python3")
-        .args(["-c", "import numpy, safetensors"])
+    let have_deps = python()
+        .args(["-c", "import prerank.export"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if !have_deps {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must provide python3 with numpy and safetensors"
+            "CI must provide PRERANK_PYTHON (or python3) with the prerank package's dependencies"
         );
-        eprintln!("SKIPPED: python3 with numpy and safetensors not available (pip install numpy safetensors)");
+        eprintln!(
+            "SKIPPED: no python3 with the prerank package's dependencies (pip install ./clients/python)"
+        );
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -28,11 +46,7 @@ fn python_example_exporter_produces_a_valid_snapshot() {
         env!("CARGO_MANIFEST_DIR"),
         "/docs/examples/export_snapshot.py"
     );
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(&dest)
-        .output()
-        .unwrap();
+    let out = python().arg(script).arg(&dest).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
