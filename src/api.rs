@@ -236,7 +236,9 @@ impl From<request::RankRequest> for RankRequest {
 }
 
 fn map_from_json(m: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, Value> {
-    m.into_iter().map(|(k, v)| (k, value_from_json(v))).collect()
+    m.into_iter()
+        .map(|(k, v)| (k, value_from_json(v)))
+        .collect()
 }
 
 fn map_to_json(m: BTreeMap<String, Value>) -> BTreeMap<String, serde_json::Value> {
@@ -426,10 +428,20 @@ mod tests {
         assert_eq!(f["m"], Value::Int(-4));
         assert_eq!(f["age"], Value::Float(3.5));
         assert_eq!(f["o"], Value::Composite(r#"{"k":[1]}"#.into()));
-        assert_eq!(domain.user.id, Some(Value::Composite(r#"[1,{"a":2}]"#.into())));
-        assert_eq!(domain.user.behaviors[0].fields["seconds_ago"], Value::Int(12));
         assert_eq!(
-            (domain.k, domain.options.model.as_deref(), domain.options.with_probability),
+            domain.user.id,
+            Some(Value::Composite(r#"[1,{"a":2}]"#.into()))
+        );
+        assert_eq!(
+            domain.user.behaviors[0].fields["seconds_ago"],
+            Value::Int(12)
+        );
+        assert_eq!(
+            (
+                domain.k,
+                domain.options.model.as_deref(),
+                domain.options.with_probability
+            ),
             (3, Some("m"), true)
         );
         let twin = RankRequest::from(domain);

@@ -110,9 +110,10 @@ fn check(snap: &Snapshot, requests: &[Result<RankRequest, String>]) -> Result<()
                 )));
             }
             // Ids must match unless the expected neighbours tie within the tolerance.
-            let tied = g.top.iter().any(|o| {
-                o.item_id != want.item_id && (o.score - want.score).abs() <= 2.0 * tol
-            });
+            let tied = g
+                .top
+                .iter()
+                .any(|o| o.item_id != want.item_id && (o.score - want.score).abs() <= 2.0 * tol);
             if have.item_id != want.item_id && !tied {
                 return Err(fail(format!(
                     "rank {i}: item {}, expected item {}",

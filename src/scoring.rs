@@ -480,7 +480,13 @@ impl RowBytes<'_> {
 macro_rules! score_loop {
     ($name:ident, $elem:ty, $conv:expr, $int8:expr, $fold:expr) => {
         #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
-        fn $name<'t, 'r>(u: &[f32], tau: f32, rows: RowBytes<'r>, hits: &[Hit], top: &mut TopK<'t>) {
+        fn $name<'t, 'r>(
+            u: &[f32],
+            tau: f32,
+            rows: RowBytes<'r>,
+            hits: &[Hit],
+            top: &mut TopK<'t>,
+        ) {
             let dim = u.len();
             let elem = std::mem::size_of::<$elem>();
             for (j, hit) in hits.iter().enumerate() {

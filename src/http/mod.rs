@@ -59,9 +59,7 @@ use crate::proto::ProtoError;
 use crate::registry::{Registry, VersionStatus};
 pub use crate::request::Limits;
 use crate::request::RankRequest;
-use crate::service::{
-    new_request_id, BucketHint, Handled, RankError, RankService, RequestContext,
-};
+use crate::service::{new_request_id, BucketHint, Handled, RankError, RankService, RequestContext};
 use crate::snapshot::SnapshotInfo;
 use crate::telemetry;
 
@@ -366,7 +364,10 @@ async fn rank_decoded(
     http_req: Request,
     started: Instant,
     transport_id: &str,
-) -> (Result<crate::service::RankOutcome, ApiError>, telemetry::Labels) {
+) -> (
+    Result<crate::service::RankOutcome, ApiError>,
+    telemetry::Labels,
+) {
     let service = &state.service;
     let permit = match service.admit() {
         Ok(p) => p,
@@ -386,7 +387,10 @@ async fn rank_decoded(
         Ok(Ok(body)) => body,
         Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let max = service.limits().max_body_bytes;
-            return (Err(ApiError::BodyTooLarge(max)), telemetry::Labels::default());
+            return (
+                Err(ApiError::BodyTooLarge(max)),
+                telemetry::Labels::default(),
+            );
         }
         Ok(Err(rej)) => {
             return (

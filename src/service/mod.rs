@@ -294,18 +294,19 @@ impl RankService {
             labels.bucket = route.bucket.clone();
         }
         let snap = match (&route.model, route.from_plan) {
-            (Some(m), true) => self
-                .registry
-                .get_version(m, route.version)
-                .map_err(|e| match e {
-                    RegistryError::UnknownModel(_)
-                    | RegistryError::NoModel
-                    | RegistryError::AmbiguousModel(_)
-                    | RegistryError::VersionNotLoaded { .. } => RankError::BucketUnavailable {
-                        bucket: route.bucket.clone(),
-                        reason: e.to_string(),
-                    },
-                })?,
+            (Some(m), true) => {
+                self.registry
+                    .get_version(m, route.version)
+                    .map_err(|e| match e {
+                        RegistryError::UnknownModel(_)
+                        | RegistryError::NoModel
+                        | RegistryError::AmbiguousModel(_)
+                        | RegistryError::VersionNotLoaded { .. } => RankError::BucketUnavailable {
+                            bucket: route.bucket.clone(),
+                            reason: e.to_string(),
+                        },
+                    })?
+            }
             (m, _) => self.registry.get(m.as_deref())?,
         };
         Ok((route.bucket, snap))
