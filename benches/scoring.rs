@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use prerank::model::UserInput;
 use prerank::parallel::ScoringPool;
-use prerank::scoring::{rank, rows_ahead, Scratch, LOOKUP_AHEAD};
+use prerank::scoring::{rank, rows_ahead, ItemStore, Kernel, Query, Scratch, LOOKUP_AHEAD};
 use prerank::snapshot::{LoadOptions, Snapshot};
 use prerank::synth::{generate, sample_request, SynthConfig};
 use prerank_format::index::{lookup, mix64, IdIndex};
@@ -125,7 +125,14 @@ fn score_pair<'a, V: AsRef<[u8]> + 'a, I: AsRef<[u8]> + 'a>(
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new(name, n), cands, |b, cands| {
             let (vectors, index) = get();
-            b.iter(|| rank(u, tau, vectors, index, cands, 1000, &mut scratch, true))
+            let store = ItemStore::new(vectors, index);
+            let query = Query {
+                user: u,
+                tau,
+                candidates: cands,
+                k: 1000,
+            };
+            b.iter(|| rank(store, &query, Kernel::Fast, &mut scratch))
         });
         let mut rows = Vec::new();
         group.bench_with_input(
@@ -168,7 +175,8 @@ fn benches(c: &mut Criterion) {
     for (i, b) in req50.user.behaviors.iter_mut().enumerate() {
         b.item_id = ids[i * 7919 % ids.len()];
     }
-    let input = UserInput::from_json(&req50.user).unwrap();
+    let user50 = req50.user.clone().into_domain();
+    let input = UserInput::new(&user50).unwrap();
     let u = snap.user_vector(&input).unwrap();
     let tau = snap.manifest().tau;
     let files = snap.files();
@@ -248,9 +256,14 @@ fn benches(c: &mut Criterion) {
                 BenchmarkId::new(format!("{}_threads{threads}", dtype.name()), cands.len()),
                 cands,
                 |b, cands| {
-                    b.iter(|| {
-                        pool.rank_split(&u, tau, vectors, &files.index, cands, 1000, threads, true)
-                    })
+                    let store = ItemStore::new(vectors, &files.index);
+                    let query = Query {
+                        user: &u,
+                        tau,
+                        candidates: cands,
+                        k: 1000,
+                    };
+                    b.iter(|| pool.rank_split(store, &query, Kernel::Fast, threads))
                 },
             );
         }
@@ -271,18 +284,16 @@ fn benches(c: &mut Criterion) {
         let mut scratch = Scratch::default();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("two_tower", n), &cands, |b, cands| {
+            let store = ItemStore::new(vectors, &files.index);
             b.iter(|| {
                 let u = snap.user_vector(&input).unwrap();
-                rank(
-                    &u,
+                let query = Query {
+                    user: &u,
                     tau,
-                    vectors,
-                    &files.index,
-                    cands,
-                    1000,
-                    &mut scratch,
-                    true,
-                )
+                    candidates: cands,
+                    k: 1000,
+                };
+                rank(store, &query, Kernel::Fast, &mut scratch)
             })
         });
         group.bench_with_input(BenchmarkId::new("full_mapping", n), &n, |b, &n| {

@@ -8,7 +8,7 @@
 //!     cargo run --release --example recall -- models/pfd-student/1 --users 200 --k 1000
 
 use prerank::model::UserInput;
-use prerank::scoring::{rank, Scratch};
+use prerank::scoring::{rank, ItemStore, Kernel, Query, Scratch};
 use prerank::snapshot::{LoadOptions, Snapshot};
 use prerank::synth::sample_request;
 use prerank_format::vectors::{encode, ItemVectors};
@@ -56,20 +56,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "purchase_level".into(),
             serde_json::json!(rng.gen_range(1..6)),
         );
-        let u = snap.user_vector(&UserInput::from_json(&req.user)?)?;
-        let (items, _) = rank(
-            &u,
+        let user = req.user.into_domain();
+        let u = snap.user_vector(&UserInput::new(&user)?)?;
+        let query = Query {
+            user: &u,
             tau,
-            f32_vectors,
-            &files.index,
-            &ids,
+            candidates: &ids,
             k,
-            &mut scratch,
-            true,
-        );
+        };
+        let store = ItemStore::new(f32_vectors, &files.index);
+        let (items, _) = rank(store, &query, Kernel::Fast, &mut scratch);
         let reference: HashSet<u64> = items.iter().map(|x| x.item_id).collect();
         for (slot, v) in [&f16, &int8].into_iter().enumerate() {
-            let (items, _) = rank(&u, tau, v, &files.index, &ids, k, &mut scratch, true);
+            let store = ItemStore::new(v, &files.index);
+            let (items, _) = rank(store, &query, Kernel::Fast, &mut scratch);
             let got: HashSet<u64> = items.iter().map(|x| x.item_id).collect();
             recalls[slot]
                 .push(got.intersection(&reference).count() as f64 / reference.len() as f64);

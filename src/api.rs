@@ -1,5 +1,10 @@
-//! The wire types of the ranking API (`docs/api.md`): plain serde data shared by the HTTP layer, the
-//! golden checks of a snapshot (whose sample requests use the same JSON) and the load generators.
+//! The JSON wire types of the ranking API (`docs/api.md`): plain serde data shared by the HTTP layer,
+//! the golden checks of a snapshot (whose sample requests use the same JSON) and the load generators.
+//!
+//! A decoded [`RankRequest`] becomes the domain request ([`crate::request::RankRequest`]) with
+//! [`RankRequest::into_domain`] (moving, never failing: values the model refuses are refused by the
+//! model, at the same step for every encoding); a [`RankResponse`] is built from the ranking
+//! service's [`RankOutcome`]. Nothing below the HTTP layer sees these types.
 //!
 //! Each type derives `utoipa::ToSchema`: the OpenAPI document served at `/openapi.json` is generated
 //! from these definitions (plus the routes in the http layer), so it cannot drift from the code.
@@ -10,6 +15,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::request::{self, click_probability, Value};
+use crate::service::RankOutcome;
 
 /// `POST /v1/rank` request body.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -164,6 +172,137 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+impl RankRequest {
+    /// The domain request (moves every string; never fails).
+    pub fn into_domain(self) -> request::RankRequest {
+        request::RankRequest {
+            request_id: self.request_id,
+            user: self.user.into_domain(),
+            candidates: self.candidates,
+            k: self.k,
+            options: request::RankOptions {
+                model: self.model,
+                with_probability: self.with_probability,
+                bucket: self.bucket,
+            },
+        }
+    }
+}
+
+impl UserJson {
+    /// The domain user.
+    pub fn into_domain(self) -> request::User {
+        request::User {
+            id: self.id.map(value_from_json),
+            features: map_from_json(self.features),
+            behaviors: self
+                .behaviors
+                .into_iter()
+                .map(|b| request::Behavior {
+                    item_id: b.item_id,
+                    fields: map_from_json(b.fields),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The JSON twin of a domain request (tools and tests comparing encodings; the inverse of
+/// [`RankRequest::into_domain`]).
+impl From<request::RankRequest> for RankRequest {
+    fn from(r: request::RankRequest) -> RankRequest {
+        RankRequest {
+            request_id: r.request_id,
+            user: UserJson {
+                id: r.user.id.map(value_to_json),
+                features: map_to_json(r.user.features),
+                behaviors: r
+                    .user
+                    .behaviors
+                    .into_iter()
+                    .map(|b| BehaviorJson {
+                        item_id: b.item_id,
+                        fields: map_to_json(b.fields),
+                    })
+                    .collect(),
+            },
+            candidates: r.candidates,
+            k: r.k,
+            model: r.options.model,
+            with_probability: r.options.with_probability,
+            bucket: r.options.bucket,
+        }
+    }
+}
+
+fn map_from_json(m: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, Value> {
+    m.into_iter()
+        .map(|(k, v)| (k, value_from_json(v)))
+        .collect()
+}
+
+fn map_to_json(m: BTreeMap<String, Value>) -> BTreeMap<String, serde_json::Value> {
+    m.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
+}
+
+/// One JSON value as a domain value: integers as `Int` when they fit an i64 (else `UInt`), other
+/// numbers as `Float`, arrays and objects as their compact text.
+fn value_from_json(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::String(s) => Value::Str(s),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            (None, None) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        composite @ (J::Array(_) | J::Object(_)) => Value::Composite(composite.to_string()),
+    }
+}
+
+fn value_to_json(v: Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(b),
+        Value::Str(s) => J::String(s),
+        Value::Int(i) => J::from(i),
+        Value::UInt(u) => J::from(u),
+        Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        Value::Composite(text) => serde_json::from_str(&text).unwrap_or(J::Null),
+    }
+}
+
+impl From<RankOutcome> for RankResponse {
+    fn from(o: RankOutcome) -> RankResponse {
+        let with_probability = o.with_probability;
+        RankResponse {
+            request_id: o.request_id,
+            bucket: o.bucket,
+            model: o.model,
+            version: o.version,
+            items: o
+                .items
+                .iter()
+                .map(|s| RankedItem {
+                    item_id: s.item_id,
+                    score: s.score,
+                    probability: with_probability.then(|| click_probability(s.score)),
+                })
+                .collect(),
+            candidates: o.candidates,
+            unknown_candidates: o.stats.unknown,
+            unknown_candidate_ids: o.stats.unknown_sample,
+            duplicate_candidates: o.stats.duplicates,
+            ignored_features: o.ignored_features,
+            dtype: o.dtype.to_string(),
+            took_us: o.took_us,
+        }
+    }
+}
+
 /// Why a body did not parse: JSON syntax (400) or shape/type (422), with the field path.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParseError {
@@ -271,6 +410,44 @@ mod tests {
         assert!(
             matches!(&err, ParseError::Shape(m) if m.starts_with("user.behaviors[1].item_id: ")),
             "{err:?}"
+        );
+    }
+
+    /// JSON -> domain -> JSON gives back the same request, and the domain values are normalised
+    /// (integers that fit an i64 are `Int`; arrays and objects keep their compact text).
+    #[test]
+    fn domain_conversion_round_trips() {
+        let body = r#"{"request_id": "r", "user": {"id": [1, {"a": 2}], "features": {"age": 3.5,
+            "x": null, "n": 18446744073709551615, "m": -4, "s": "é", "b": true, "o": {"k": [1]}},
+            "behaviors": [{"item_id": 9, "action": "buy", "seconds_ago": 12}]},
+            "candidates": [1, 2], "k": 3, "model": "m", "with_probability": true, "bucket": "b"}"#;
+        let req = parse_json::<RankRequest>(body.as_bytes()).unwrap();
+        let domain = req.clone().into_domain();
+        let f = &domain.user.features;
+        assert_eq!(f["n"], Value::UInt(u64::MAX));
+        assert_eq!(f["m"], Value::Int(-4));
+        assert_eq!(f["age"], Value::Float(3.5));
+        assert_eq!(f["o"], Value::Composite(r#"{"k":[1]}"#.into()));
+        assert_eq!(
+            domain.user.id,
+            Some(Value::Composite(r#"[1,{"a":2}]"#.into()))
+        );
+        assert_eq!(
+            domain.user.behaviors[0].fields["seconds_ago"],
+            Value::Int(12)
+        );
+        assert_eq!(
+            (
+                domain.k,
+                domain.options.model.as_deref(),
+                domain.options.with_probability
+            ),
+            (3, Some("m"), true)
+        );
+        let twin = RankRequest::from(domain);
+        assert_eq!(
+            serde_json::to_value(&twin).unwrap(),
+            serde_json::to_value(&req).unwrap()
         );
     }
 }

@@ -32,6 +32,8 @@ use prerank_format::index::mix64;
 use prerank_format::manifest::valid_model_name;
 use serde::{Deserialize, Serialize};
 
+use crate::request::Value;
+
 /// Bucket label without a bucket config.
 pub const DEFAULT_BUCKET: &str = "default";
 /// Bucket label of a request that named a model outside the bucket plan.
@@ -127,6 +129,23 @@ pub fn user_key(id: Option<&serde_json::Value>) -> Vec<u8> {
             (None, None) => n.to_string().into_bytes(),
         },
         Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+/// [`user_key`] of a domain user id: the same bytes as the JSON value it was decoded from.
+pub fn user_key_of(id: Option<&Value>) -> Vec<u8> {
+    match id {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Str(s)) => s.as_bytes().to_vec(),
+        Some(Value::Int(i)) => i.to_string().into_bytes(),
+        Some(Value::UInt(u)) => u.to_string().into_bytes(),
+        // serde_json's own formatting of a finite double, as `user_key` gets it.
+        Some(Value::Float(f)) => serde_json::Number::from_f64(*f)
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+            .into_bytes(),
+        Some(Value::Bool(b)) => b.to_string().into_bytes(),
+        Some(Value::Composite(text)) => text.clone().into_bytes(),
     }
 }
 
@@ -314,6 +333,17 @@ impl Buckets {
         model: Option<&str>,
         user: Option<&serde_json::Value>,
     ) -> Result<Route, BucketError> {
+        self.route_key(override_bucket, model, || user_key(user))
+    }
+
+    /// [`Buckets::route`] with the user's assignment key computed by `key` (called only when the
+    /// request is assigned by hash).
+    pub fn route_key(
+        &self,
+        override_bucket: Option<&str>,
+        model: Option<&str>,
+        key: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Route, BucketError> {
         let labelled = self.configured();
         if let Some(name) = override_bucket {
             let shown = || name.chars().take(64).collect::<String>();
@@ -354,7 +384,7 @@ impl Buckets {
         if let Some(b) = self.pinned.as_deref().and_then(|p| self.by_name(p)) {
             return Ok(self.route_to(b));
         }
-        match self.assign(user) {
+        match self.assign_key(&key()) {
             Some(b) => Ok(self.route_to(b)),
             None => Ok(Route {
                 bucket: DEFAULT_BUCKET.into(),
@@ -452,5 +482,36 @@ share = 0.5
         }
         assert!(pinned.route(Some("pfd"), None, None).is_err());
         assert_eq!(pinned.targets(), vec![("baseline".to_string(), None)]);
+    }
+
+    /// A domain user id gives the assignment key of the JSON value it came from, for every kind of
+    /// value (so decoding a request before routing it moves no user to another bucket).
+    #[test]
+    fn domain_keys_equal_json_keys() {
+        let values = [
+            serde_json::json!(null),
+            serde_json::json!(42),
+            serde_json::json!(-3),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(0.5),
+            serde_json::json!(1e20),
+            serde_json::json!(-2.25e-7),
+            serde_json::json!("u-1"),
+            serde_json::json!(""),
+            serde_json::json!(true),
+            serde_json::json!([1, "a", {"b": null}]),
+            serde_json::json!({"x": [1.5]}),
+        ];
+        for v in values {
+            let body = serde_json::json!({"user": {"id": v}, "candidates": [1], "k": 1});
+            let req: crate::api::RankRequest = serde_json::from_value(body).unwrap();
+            let json_id = req.user.id.clone();
+            let domain = req.into_domain();
+            assert_eq!(
+                user_key_of(domain.user.id.as_ref()),
+                user_key(json_id.as_ref()),
+                "{v}"
+            );
+        }
     }
 }

@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod buckets;
+pub mod golden;
 pub mod http;
 pub mod hugepages;
 pub mod model;
@@ -42,8 +43,10 @@ pub mod parallel;
 pub mod proto;
 pub mod publish;
 pub mod registry;
+pub mod request;
 pub mod scoring;
 pub mod server;
+pub mod service;
 pub mod snapshot;
 pub mod synth;
 pub mod telemetry;

@@ -75,27 +75,31 @@ enum Command {
     },
     /// Write load-test request bodies over a snapshot's real item ids: DIR/body-<i>.json and
     /// DIR/body-<i>.pb, the same request in JSON and in protobuf (deterministic from --seed).
-    Bodies {
-        /// The snapshot version directory whose item ids are drawn, e.g. models/pfd-student/1.
-        dir: PathBuf,
-        /// Candidates per request (drawn with replacement from the snapshot's ids).
-        #[arg(long)]
-        candidates: usize,
-        /// Number of request pairs to write.
-        #[arg(long, default_value_t = 8)]
-        count: usize,
-        /// Behaviours per request.
-        #[arg(long, default_value_t = 50)]
-        behaviors: usize,
-        /// k of every request.
-        #[arg(long, default_value_t = 1000)]
-        k: i64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Output directory (created if missing).
-        #[arg(long)]
-        out_dir: PathBuf,
-    },
+    Bodies(BodiesArgs),
+}
+
+/// `prerank bodies` arguments.
+#[derive(Debug, clap::Args)]
+struct BodiesArgs {
+    /// The snapshot version directory whose item ids are drawn, e.g. models/pfd-student/1.
+    dir: PathBuf,
+    /// Candidates per request (drawn with replacement from the snapshot's ids).
+    #[arg(long)]
+    candidates: usize,
+    /// Number of request pairs to write.
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    /// Behaviours per request.
+    #[arg(long, default_value_t = 50)]
+    behaviors: usize,
+    /// k of every request.
+    #[arg(long, default_value_t = 1000)]
+    k: i64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -122,17 +126,7 @@ fn main() -> ExitCode {
             model,
             golden,
         } => report(synth(dest, items, seed, dtypes, model, golden)),
-        Command::Bodies {
-            dir,
-            candidates,
-            count,
-            behaviors,
-            k,
-            seed,
-            out_dir,
-        } => report(bodies(
-            &dir, candidates, count, behaviors, k, seed, &out_dir,
-        )),
+        Command::Bodies(args) => report(bodies(&args)),
     }
 }
 
@@ -189,16 +183,10 @@ async fn shutdown_signal() {
 }
 
 /// `prerank bodies`: request pairs (JSON, protobuf) drawn from the snapshot's ids.
-fn bodies(
-    dir: &std::path::Path,
-    candidates: usize,
-    count: usize,
-    behaviors: usize,
-    k: i64,
-    seed: u64,
-    out_dir: &std::path::Path,
-) -> anyhow::Result<()> {
+fn bodies(args: &BodiesArgs) -> anyhow::Result<()> {
     use rand::SeedableRng;
+    let (dir, out_dir) = (args.dir.as_path(), args.out_dir.as_path());
+    let (candidates, count, behaviors, k) = (args.candidates, args.count, args.behaviors, args.k);
     let files =
         prerank_format::SnapshotFiles::open(dir, &prerank_format::OpenOptions::unverified())
             .with_context(|| format!("opening snapshot {}", dir.display()))?;
@@ -209,7 +197,7 @@ fn bodies(
         dir.display()
     );
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     for i in 0..count {
         let req = prerank::synth::sample_request_sized(&mut rng, ids, candidates, behaviors, k);
         let json = serde_json::to_vec(&req)?;

@@ -1,6 +1,7 @@
 //! The student user tower (docs/snapshot-format.md section 4), in ndarray.
 //!
-//! Pure and synchronous: no I/O, no async. [`TowerLayout`] resolves, once per snapshot load, where each
+//! Pure and synchronous: no I/O, no async, no wire format: the input is the domain request's
+//! [`User`], borrowed as a [`UserInput`]. [`TowerLayout`] resolves, once per snapshot load, where each
 //! tensor lives in the weights file and where each behaviour feature comes from (the request, the item
 //! attribute table, the item id); [`TowerLayout::forward`] then computes one user vector per request
 //! from borrowed weights, so the weights are never copied (they stay in the memory map).
@@ -14,7 +15,7 @@ use prerank_format::index::IdIndex;
 use prerank_format::weights::{TensorInfo, Weights};
 use prerank_format::Manifest;
 
-use crate::api::UserJson;
+use crate::request::{User, Value};
 
 /// Errors of the model layer: a request value the feature spec cannot map, or a snapshot whose
 /// tensors do not fit its manifest (caught at load, so never seen per request).
@@ -94,25 +95,16 @@ pub struct BehaviorInput<'a> {
     pub fields: Vec<(&'a str, RawValue<'a>)>,
 }
 
-/// Converts one JSON value to a raw feature value; `path` names it in errors (built only on error).
-pub fn raw_value<'a>(
-    v: &'a serde_json::Value,
-    path: impl FnOnce() -> String,
-) -> Result<RawValue<'a>, ModelError> {
+/// A request value as a raw feature value; `path` names it in errors (built only on error).
+fn raw_value<'a>(v: &'a Value, path: impl FnOnce() -> String) -> Result<RawValue<'a>, ModelError> {
     match v {
-        serde_json::Value::Null => Ok(RawValue::Missing),
-        serde_json::Value::Bool(b) => Ok(RawValue::Bool(*b)),
-        serde_json::Value::String(s) => Ok(RawValue::Str(s)),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(RawValue::Int(i))
-            } else if let Some(u) = n.as_u64() {
-                Ok(RawValue::UInt(u))
-            } else {
-                Ok(RawValue::Float(n.as_f64().unwrap_or(f64::NAN)))
-            }
-        }
-        serde_json::Value::Array(_) | serde_json::Value::Object(_) => Err(ModelError::Feature {
+        Value::Null => Ok(RawValue::Missing),
+        Value::Bool(b) => Ok(RawValue::Bool(*b)),
+        Value::Str(s) => Ok(RawValue::Str(s)),
+        Value::Int(i) => Ok(RawValue::Int(*i)),
+        Value::UInt(u) => Ok(RawValue::UInt(*u)),
+        Value::Float(f) => Ok(RawValue::Float(*f)),
+        Value::Composite(_) => Err(ModelError::Feature {
             path: path(),
             reason: "expected a string, number, boolean or null".into(),
         }),
@@ -121,7 +113,7 @@ pub fn raw_value<'a>(
 
 impl<'a> UserInput<'a> {
     /// Borrows a request's user. `user.id` becomes the `user_id` feature.
-    pub fn from_json(user: &'a UserJson) -> Result<UserInput<'a>, ModelError> {
+    pub fn new(user: &'a User) -> Result<UserInput<'a>, ModelError> {
         let mut features = Vec::with_capacity(user.features.len() + 1);
         if let Some(id) = &user.id {
             if user.features.contains_key("user_id") {

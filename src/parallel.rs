@@ -1,6 +1,9 @@
 //! Adaptive intra-request parallelism: one large request split across a small dedicated thread pool
 //! when cores are idle, and never when they are not.
 //!
+//! The pool is state, not a global: the server builds one at start-up and hands it to the ranking
+//! service and the registry ([`ScoringPool::sequential`] is the pool without workers).
+//!
 //! [`ScoringPool::rank`] counts the requests currently scoring (an atomic, incremented for every
 //! request, sequential or not). A request with at least `min_candidates` candidates is split into as
 //! many contiguous chunks as there are idle scoring slots right now (`threads` minus the other
@@ -18,11 +21,11 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use prerank_format::index::IdIndex;
-use prerank_format::vectors::ItemVectors;
 use rayon::prelude::*;
 
-use crate::scoring::{self, better, resolve, score_rows, RankStats, Scored, Scratch, TopK};
+use crate::scoring::{
+    self, better, resolve, score_rows, ItemStore, Kernel, Query, RankStats, Scored, Scratch, TopK,
+};
 
 /// Buffers of one parallel request: the shared bitset and one scratch per chunk.
 #[derive(Debug, Default)]
@@ -32,10 +35,12 @@ struct Shared {
     merged: Vec<Scored>,
 }
 
-/// The pool and its admission state (module doc).
+/// The scoring pool and its admission state (module doc). One per process, built at start-up
+/// (`--scoring-threads`) and handed to whoever ranks: the ranking service, the registry's warm-up.
 #[derive(Debug)]
 pub struct ScoringPool {
-    pool: rayon::ThreadPool,
+    /// The workers; `None`: never split (every request runs on its own thread).
+    pool: Option<rayon::ThreadPool>,
     threads: usize,
     min_candidates: usize,
     /// Requests currently in the scoring stage (sequential or split).
@@ -66,7 +71,7 @@ impl ScoringPool {
             .thread_name(|i| format!("prerank-score-{i}"))
             .build()?;
         Ok(ScoringPool {
-            pool,
+            pool: Some(pool),
             threads,
             min_candidates: min_candidates.max(2),
             scoring: AtomicUsize::new(0),
@@ -74,6 +79,19 @@ impl ScoringPool {
         })
     }
 
+    /// No workers: every request is scored sequentially on its caller's thread
+    /// (`--scoring-threads 0`, and the default of embedders and tests).
+    pub fn sequential() -> ScoringPool {
+        ScoringPool {
+            pool: None,
+            threads: 0,
+            min_candidates: usize::MAX,
+            scoring: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Worker threads (0: sequential).
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -89,7 +107,7 @@ impl ScoringPool {
 
     /// How many chunks a request of `n` candidates gets when `others` other requests are scoring.
     pub fn chunks_for(&self, n: usize, others: usize) -> usize {
-        if n < self.min_candidates {
+        if self.pool.is_none() || n < self.min_candidates {
             return 1;
         }
         let idle = self.threads.saturating_sub(others).max(1);
@@ -101,63 +119,64 @@ impl ScoringPool {
     /// result as the sequential call, always.
     pub fn rank<V, I>(
         &self,
-        u: &[f32],
-        tau: f32,
-        vectors: &ItemVectors<V>,
-        index: &IdIndex<I>,
-        candidates: &[u64],
-        k: usize,
+        store: ItemStore<'_, V, I>,
+        query: &Query<'_>,
+        kernel: Kernel,
         scratch: &mut Scratch,
-        fast: bool,
     ) -> (Vec<Scored>, RankStats)
     where
         V: AsRef<[u8]> + Sync,
         I: AsRef<[u8]> + Sync,
     {
+        if self.pool.is_none() {
+            return scoring::rank(store, query, kernel, scratch);
+        }
         let others = self.scoring.fetch_add(1, Ordering::AcqRel);
         let _active = Active(&self.scoring);
-        let chunks = self.chunks_for(candidates.len(), others);
+        let chunks = self.chunks_for(query.candidates.len(), others);
         if chunks <= 1 {
-            return scoring::rank(u, tau, vectors, index, candidates, k, scratch, fast);
+            return scoring::rank(store, query, kernel, scratch);
         }
-        self.rank_split(u, tau, vectors, index, candidates, k, chunks, fast)
+        self.rank_split(store, query, kernel, chunks)
     }
 
-    /// The split path with exactly `chunks` chunks (public for tests and benchmarks).
+    /// The split path with exactly `chunks` chunks (public for tests and benchmarks; sequential on
+    /// a pool without workers).
     pub fn rank_split<V, I>(
         &self,
-        u: &[f32],
-        tau: f32,
-        vectors: &ItemVectors<V>,
-        index: &IdIndex<I>,
-        candidates: &[u64],
-        k: usize,
+        store: ItemStore<'_, V, I>,
+        query: &Query<'_>,
+        kernel: Kernel,
         chunks: usize,
-        fast: bool,
     ) -> (Vec<Scored>, RankStats)
     where
         V: AsRef<[u8]> + Sync,
         I: AsRef<[u8]> + Sync,
     {
+        let Some(pool) = &self.pool else {
+            return scoring::rank(store, query, kernel, &mut Scratch::default());
+        };
         let chunks = chunks.max(1);
+        let k = query.k;
         let mut shared = self
             .free
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .unwrap_or_default();
-        let words = vectors.count().div_ceil(64);
+        let words = store.rows().div_ceil(64);
         if shared.seen.len() < words {
             shared.seen.resize_with(words, || AtomicU64::new(0));
         }
         if shared.chunks.len() < chunks {
             shared.chunks.resize_with(chunks, Default::default);
         }
-        let per = candidates.len().div_ceil(chunks).max(1);
+        let per = query.candidates.len().div_ceil(chunks).max(1);
         let seen: &[AtomicU64] = &shared.seen;
         let slots = &shared.chunks[..chunks];
-        let stats: Vec<RankStats> = self.pool.install(|| {
-            candidates
+        let stats: Vec<RankStats> = pool.install(|| {
+            query
+                .candidates
                 .par_chunks(per)
                 .zip(slots.par_iter())
                 .map(|(cands, slot)| {
@@ -165,10 +184,10 @@ impl ScoringPool {
                     let s = &mut *guard;
                     let mut stats = RankStats::default();
                     s.hits.clear();
-                    resolve(index, cands, seen, &mut s.hits, &mut stats);
+                    resolve(store.index(), cands, seen, &mut s.hits, &mut stats);
                     let mut top = TopK::new(&mut s.top, k);
                     if k > 0 {
-                        score_rows(u, tau, vectors, &s.hits, &mut top, fast);
+                        score_rows(store, query, &s.hits, &mut top, kernel);
                     }
                     // The merge below reads the chunk's survivors (at most k) from its scratch.
                     s.survivors.clear();
@@ -190,8 +209,8 @@ impl ScoringPool {
             }
             let s = slot.lock().unwrap_or_else(|p| p.into_inner());
             shared.merged.extend_from_slice(&s.survivors);
-            for &(row, _) in &s.hits {
-                seen[row as usize / 64].store(0, Ordering::Relaxed);
+            for hit in &s.hits {
+                seen[hit.row as usize / 64].store(0, Ordering::Relaxed);
             }
         }
         let merged = &mut shared.merged;
@@ -214,45 +233,11 @@ impl ScoringPool {
     }
 }
 
-/// The pool the HTTP handler uses, set at start-up by [`crate::server`] (`--scoring-threads`);
-/// unset means sequential scoring.
-static GLOBAL: arc_swap::ArcSwapOption<ScoringPool> = arc_swap::ArcSwapOption::const_empty();
-
-/// Installs (or, with `None`, removes) the process-wide scoring pool.
-pub fn set_global(pool: Option<std::sync::Arc<ScoringPool>>) {
-    GLOBAL.store(pool);
-}
-
-/// The process-wide scoring pool, if one is installed.
-pub fn global() -> Option<std::sync::Arc<ScoringPool>> {
-    GLOBAL.load_full()
-}
-
-/// [`ScoringPool::rank`] on the process-wide pool, or [`scoring::rank`] without one.
-pub fn rank<V, I>(
-    u: &[f32],
-    tau: f32,
-    vectors: &ItemVectors<V>,
-    index: &IdIndex<I>,
-    candidates: &[u64],
-    k: usize,
-    scratch: &mut Scratch,
-    fast: bool,
-) -> (Vec<Scored>, RankStats)
-where
-    V: AsRef<[u8]> + Sync,
-    I: AsRef<[u8]> + Sync,
-{
-    match &*GLOBAL.load() {
-        Some(pool) => pool.rank(u, tau, vectors, index, candidates, k, scratch, fast),
-        None => scoring::rank(u, tau, vectors, index, candidates, k, scratch, fast),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prerank_format::vectors::{encode, Dtype};
+    use prerank_format::index::IdIndex;
+    use prerank_format::vectors::{encode, Dtype, ItemVectors};
     use proptest::prelude::*;
 
     fn corpus(
@@ -308,9 +293,11 @@ mod tests {
             let u: Vec<f32> = (0..24).map(|_| (next() % 1000) as f32 / 500.0 - 1.0).collect();
             let pool = ScoringPool::new(3, 2).unwrap();
             let mut s = Scratch::default();
-            for fast in [true, false] {
-                let want = scoring::rank(&u, 3.0, &vecs, &idx, &cands, k, &mut s, fast);
-                let got = pool.rank_split(&u, 3.0, &vecs, &idx, &cands, k, chunks, fast);
+            let store = ItemStore::new(&vecs, &idx);
+            let query = Query { user: &u, tau: 3.0, candidates: &cands, k };
+            for kernel in [Kernel::Fast, Kernel::Exact] {
+                let want = scoring::rank(store, &query, kernel, &mut s);
+                let got = pool.rank_split(store, &query, kernel, chunks);
                 prop_assert_eq!(&got.1, &want.1);
                 prop_assert_eq!(got.0.len(), want.0.len());
                 for (a, b) in got.0.iter().zip(&want.0) {
@@ -318,7 +305,7 @@ mod tests {
                     prop_assert_eq!(a.score.to_bits(), b.score.to_bits());
                 }
                 // And again, with the pooled buffers reused.
-                let again = pool.rank_split(&u, 3.0, &vecs, &idx, &cands, k, chunks, fast);
+                let again = pool.rank_split(store, &query, kernel, chunks);
                 prop_assert_eq!(&again.0, &got.0);
                 prop_assert_eq!(&again.1, &got.1);
             }
@@ -343,5 +330,7 @@ mod tests {
             "chunks stay >= min/2 candidates"
         );
         assert_eq!(pool.scoring_now(), 0);
+        let none = ScoringPool::sequential();
+        assert_eq!(none.chunks_for(10_000_000, 0), 1, "no workers: never split");
     }
 }

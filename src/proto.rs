@@ -1,12 +1,13 @@
 //! The protobuf encoding of the ranking API (`proto/prerank/v1/rank.proto`, docs/api.md "Protobuf").
 //!
 //! [`pb`] holds the prost types generated at build time (`build.rs`: `protox` compiles the `.proto` in
-//! pure Rust, so no `protoc` is needed, and `prost-build` writes the Rust). This module converts
-//! between them and the JSON wire types of [`crate::api`]: a protobuf request is decoded into exactly
-//! the [`RankRequest`] its JSON twin would produce, so validation, feature mapping, scoring and every
-//! error code are shared with JSON, never duplicated. Only what JSON cannot express is checked here
-//! (a feature value with no case set, a non-finite float, a behaviour field named `item_id`), with
-//! the same error codes JSON uses for the nearest case.
+//! pure Rust, so no `protoc` is needed, and `prost-build` writes the Rust). A protobuf request is
+//! decoded straight into the domain request ([`decode`]), exactly the one its JSON twin would give,
+//! so validation, feature mapping, scoring and every error code are shared with JSON, never
+//! duplicated. Only what JSON cannot express is checked here (a feature value with no case set, a
+//! non-finite float, a behaviour field named `item_id`), with the same error codes JSON uses for the
+//! nearest case. The conversions to and from the JSON wire types of [`crate::api`] serve tools and
+//! tests that compare the two encodings (load-test bodies, responses).
 //!
 //! Decoding never panics: prost reports undecodable bytes as a [`prost::DecodeError`] naming the
 //! message and field path, e.g. `failed to decode Protobuf message: RankRequest.candidates: buffer
@@ -16,7 +17,8 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::api::{BehaviorJson, RankRequest, RankResponse, RankedItem, UserJson};
+use crate::api::{RankRequest, RankResponse, RankedItem};
+use crate::request::{self, Value};
 
 /// The generated types of package `prerank.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -43,14 +45,20 @@ pub enum ProtoError {
     Feature(String),
 }
 
-/// Decodes a protobuf `RankRequest` body into the JSON request type.
-pub fn decode_request(body: &[u8]) -> Result<RankRequest, ProtoError> {
+/// Decodes a protobuf `RankRequest` body into the domain request (what the server does).
+pub fn decode(body: &[u8]) -> Result<request::RankRequest, ProtoError> {
     let msg = pb::RankRequest::decode(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     request_from_pb(msg)
 }
 
-/// Converts a decoded protobuf request into the JSON request type (checks as in [`decode_request`]).
-pub fn request_from_pb(msg: pb::RankRequest) -> Result<RankRequest, ProtoError> {
+/// Decodes a protobuf `RankRequest` body into its JSON twin (tools and tests comparing the two
+/// encodings; same checks as [`decode`]).
+pub fn decode_request(body: &[u8]) -> Result<RankRequest, ProtoError> {
+    decode(body).map(RankRequest::from)
+}
+
+/// Converts a decoded protobuf request into the domain request (checks as in [`decode`]).
+pub fn request_from_pb(msg: pb::RankRequest) -> Result<request::RankRequest, ProtoError> {
     let user = msg
         .user
         .ok_or_else(|| ProtoError::Shape("missing field `user`".into()))?;
@@ -62,7 +70,7 @@ pub fn request_from_pb(msg: pb::RankRequest) -> Result<RankRequest, ProtoError> 
         .id
         .map(|v| value_from_pb(v, || "user.id".into()))
         .transpose()?
-        .filter(|v| !v.is_null());
+        .filter(|v| *v != Value::Null);
     let features = map_from_pb(user.features, |name| format!("user.features.{name}"))?;
     let behaviors = user
         .behaviors
@@ -74,31 +82,33 @@ pub fn request_from_pb(msg: pb::RankRequest) -> Result<RankRequest, ProtoError> 
                     "user.behaviors[{i}].fields: `item_id` is reserved (it is Behavior.item_id)"
                 )));
             }
-            Ok(BehaviorJson {
+            Ok(request::Behavior {
                 item_id: b.item_id,
                 fields: map_from_pb(b.fields, |name| format!("user.behaviors[{i}].{name}"))?,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(RankRequest {
+    Ok(request::RankRequest {
         request_id: msg.request_id,
-        user: UserJson {
+        user: request::User {
             id,
             features,
             behaviors,
         },
         candidates: msg.candidates,
         k,
-        model: msg.model,
-        with_probability: msg.with_probability,
-        bucket: msg.bucket,
+        options: request::RankOptions {
+            model: msg.model,
+            with_probability: msg.with_probability,
+            bucket: msg.bucket,
+        },
     })
 }
 
 fn map_from_pb(
     map: BTreeMap<String, pb::FeatureValue>,
     path: impl Fn(&str) -> String,
-) -> Result<BTreeMap<String, serde_json::Value>, ProtoError> {
+) -> Result<BTreeMap<String, Value>, ProtoError> {
     map.into_iter()
         .map(|(name, v)| {
             let value = value_from_pb(v, || path(&name))?;
@@ -107,22 +117,19 @@ fn map_from_pb(
         .collect()
 }
 
-/// One feature value as the JSON value it stands for.
-fn value_from_pb(
-    v: pb::FeatureValue,
-    path: impl FnOnce() -> String,
-) -> Result<serde_json::Value, ProtoError> {
+/// One feature value as the domain value its JSON twin would decode to (integers normalised as
+/// JSON's are: `Int` when they fit an i64).
+fn value_from_pb(v: pb::FeatureValue, path: impl FnOnce() -> String) -> Result<Value, ProtoError> {
     use pb::feature_value::Kind;
-    use serde_json::Value;
     match v.kind {
-        Some(Kind::StringValue(s)) => Ok(Value::String(s)),
-        Some(Kind::IntValue(i)) => Ok(Value::from(i)),
-        Some(Kind::UintValue(u)) => Ok(Value::from(u)),
-        Some(Kind::DoubleValue(d)) => serde_json::Number::from_f64(d)
-            .map(Value::Number)
-            .ok_or_else(|| {
-                ProtoError::Feature(format!("{}: expected a finite number, found {d}", path()))
-            }),
+        Some(Kind::StringValue(s)) => Ok(Value::Str(s)),
+        Some(Kind::IntValue(i)) => Ok(Value::Int(i)),
+        Some(Kind::UintValue(u)) => Ok(Value::from_u64(u)),
+        Some(Kind::DoubleValue(d)) if d.is_finite() => Ok(Value::Float(d)),
+        Some(Kind::DoubleValue(d)) => Err(ProtoError::Feature(format!(
+            "{}: expected a finite number, found {d}",
+            path()
+        ))),
         Some(Kind::BoolValue(b)) => Ok(Value::Bool(b)),
         Some(Kind::NullValue(_)) => Ok(Value::Null),
         None => Err(ProtoError::Feature(format!(
@@ -274,6 +281,7 @@ pub fn encode_error(code: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{BehaviorJson, UserJson};
     use proptest::prelude::*;
 
     fn scalar() -> impl Strategy<Value = serde_json::Value> {

@@ -47,8 +47,8 @@ use prerank_format::manifest::{valid_model_name, MANIFEST_FILE};
 use prerank_format::Manifest;
 use serde::Serialize;
 
-use crate::api::RankRequest;
-use crate::scoring::Scratch;
+use crate::parallel::ScoringPool;
+use crate::request::RankRequest;
 use crate::snapshot::{verify_item_files, LoadOptions, Snapshot};
 use crate::telemetry;
 
@@ -213,6 +213,8 @@ pub struct Registry {
     warmup_rounds: usize,
     /// An optional warm-up request replayed `warmup_rounds` times (instead of the golden requests).
     warmup_request: Option<RankRequest>,
+    /// The scoring pool warm-up requests run on (the one requests use).
+    scoring: Arc<ScoringPool>,
 }
 
 /// Integer version directories of `model_dir`, highest first. Names that are not canonical positive
@@ -293,7 +295,14 @@ impl Registry {
             bucket_targets: Vec::new(),
             warmup_rounds: 1,
             warmup_request: None,
+            scoring: Arc::new(ScoringPool::sequential()),
         }
+    }
+
+    /// Warm-up scores on `pool` (the requests' pool, so warm-up splits as requests do).
+    pub fn with_scoring(mut self, pool: Arc<ScoringPool>) -> Registry {
+        self.scoring = pool;
+        self
     }
 
     /// The (model, optional pinned version) of every configured bucket: pinned versions are kept
@@ -1100,36 +1109,15 @@ impl Registry {
         }
     }
 
-    /// Runs the warm-up requests through the snapshot (faults in its pages and the tower's weights,
-    /// and proves the request path works on it) before it can be installed.
+    /// Runs the warm-up requests through the snapshot ([`Snapshot::warm_up`]) before it can be
+    /// installed.
     fn warm_up(&self, snap: &Snapshot) -> Result<(), String> {
-        if self.warmup_rounds == 0 {
-            return Ok(());
-        }
-        let mut scratch = Scratch::default();
-        let requests: Vec<RankRequest> = match &self.warmup_request {
-            Some(r) => vec![r.clone()],
-            None => {
-                let ids = snap.files().index.ids().to_vec();
-                snap.manifest()
-                    .golden
-                    .iter()
-                    .filter_map(|g| serde_json::from_value::<RankRequest>(g.request.clone()).ok())
-                    .map(|mut r| {
-                        r.candidates = ids.clone();
-                        r
-                    })
-                    .collect()
-            }
-        };
-        for _ in 0..self.warmup_rounds {
-            for r in &requests {
-                let k = usize::try_from(r.k).unwrap_or(1).clamp(1, 10_000);
-                snap.rank(r, k, &mut scratch)
-                    .map_err(|e| format!("warm-up request failed: {e}"))?;
-            }
-        }
-        Ok(())
+        snap.warm_up(
+            self.warmup_rounds,
+            self.warmup_request.as_ref(),
+            &self.scoring,
+        )
+        .map_err(|e| format!("warm-up request failed: {e}"))
     }
 
     fn note_serving(&self, model: &str, serving: Option<u64>) {

@@ -25,15 +25,109 @@
 //! reaches `4k`. Per-request buffers live in a [`Scratch`] that callers reuse across requests, so a
 //! warm call allocates only its result.
 //!
+//! The inputs are three small types instead of a long positional list: an [`ItemStore`] (the item
+//! rows of one dtype and the id index; it alone knows where a row's bytes, and an int8 row's scale,
+//! live), a [`Query`] (user vector, `tau`, candidates, k) and a [`Kernel`] (the exact reference
+//! arithmetic or the fast one).
+//!
 //! [`crate::parallel`] splits one large request across a thread pool with the same building blocks
 //! ([`resolve`], [`score_rows`], [`TopK`]) and merges to the identical result.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::cell::RefCell;
+
 use multiversion::multiversion;
 use prerank_format::index::{lookup, mix64, IdIndex};
 use prerank_format::mmap::prefetch;
 use prerank_format::vectors::{Dtype, ItemVectors, RowRef};
+
+/// The item rows of one dtype and the id index they are looked up in: what scoring reads.
+///
+/// The view hides the row layout: the kernels get a row's payload bytes and (int8) its scale from
+/// here, never by offset arithmetic of their own, so a layout that keeps the scale elsewhere changes
+/// this type only.
+#[derive(Debug)]
+pub struct ItemStore<'a, V, I> {
+    vectors: &'a ItemVectors<V>,
+    index: &'a IdIndex<I>,
+}
+
+impl<V, I> Clone for ItemStore<'_, V, I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<V, I> Copy for ItemStore<'_, V, I> {}
+
+impl<'a, V: AsRef<[u8]>, I: AsRef<[u8]>> ItemStore<'a, V, I> {
+    /// `vectors` rows are looked up through `index` (both of one snapshot: same count).
+    pub fn new(vectors: &'a ItemVectors<V>, index: &'a IdIndex<I>) -> Self {
+        ItemStore { vectors, index }
+    }
+
+    pub fn vectors(&self) -> &'a ItemVectors<V> {
+        self.vectors
+    }
+
+    pub fn index(&self) -> &'a IdIndex<I> {
+        self.index
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.vectors.dtype()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.vectors.dim()
+    }
+
+    /// Item rows (the dedup bitset has one bit per row).
+    pub fn rows(&self) -> usize {
+        self.vectors.count()
+    }
+
+    /// The byte layout pass 2 walks (see [`RowBytes`]).
+    fn row_bytes(&self) -> RowBytes<'a> {
+        let dtype = self.vectors.dtype();
+        let dim = self.vectors.dim();
+        RowBytes {
+            body: self.vectors.body(),
+            stride: self.vectors.row_stride(),
+            payload: dtype.payload_bytes(dim),
+            scale_at: dim.div_ceil(4) * 4,
+            ahead: rows_ahead(dtype, dim),
+        }
+    }
+}
+
+/// What to score: one user vector against the candidates, keeping the k best.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The L2-normalised user vector (the store's dimension).
+    pub user: &'a [f32],
+    /// Scores are `tau * <user, row>`.
+    pub tau: f32,
+    pub candidates: &'a [u64],
+    pub k: usize,
+}
+
+/// Which dot-product arithmetic scores the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// [`dot_scalar`]: sequential f64 accumulation, the obviously-correct reference (golden checks).
+    Exact,
+    /// [`dot_fast`]'s arithmetic, multiversioned SIMD (the request path).
+    Fast,
+}
+
+/// One candidate resolved to its row, in request order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub(crate) row: u32,
+    pub(crate) item_id: u64,
+}
 
 /// One scored item.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,8 +153,8 @@ pub const UNKNOWN_SAMPLE: usize = 100;
 pub struct Scratch {
     /// Top-k candidates buffer (at most `4k` entries, see [`TopK`]).
     pub(crate) top: Vec<Scored>,
-    /// Resolved (row, item id) of the known, distinct candidates, in request order.
-    pub(crate) hits: Vec<(u32, u64)>,
+    /// The known, distinct candidates resolved to rows, in request order.
+    pub(crate) hits: Vec<Hit>,
     /// One bit per item row, to detect repeated candidates; cleared after each call.
     seen: Vec<u64>,
     /// A parallel chunk's top-k survivors, read by the merge ([`crate::parallel`]).
@@ -131,7 +225,7 @@ pub(crate) fn resolve<I: AsRef<[u8]>>(
     index: &IdIndex<I>,
     candidates: &[u64],
     mut seen: impl SeenRows,
-    hits: &mut Vec<(u32, u64)>,
+    hits: &mut Vec<Hit>,
     stats: &mut RankStats,
 ) {
     let table = index.table();
@@ -145,7 +239,7 @@ pub(crate) fn resolve<I: AsRef<[u8]>>(
             prefetch(table_bytes, (mix64(ahead) as usize & mask) * slot);
         }
         match lookup(table, mask, id) {
-            Some(row) => hits.push((row, id)),
+            Some(row) => hits.push(Hit { row, item_id: id }),
             None => {
                 stats.unknown += 1;
                 if stats.unknown_sample.len() < UNKNOWN_SAMPLE {
@@ -157,11 +251,11 @@ pub(crate) fn resolve<I: AsRef<[u8]>>(
     // Dedup in place, keeping the first occurrence of each row (request order is preserved).
     let mut kept = start;
     for j in start..hits.len() {
-        if let Some(&(ahead, _)) = hits.get(j + SEEN_AHEAD) {
-            seen.prefetch(ahead);
+        if let Some(ahead) = hits.get(j + SEEN_AHEAD) {
+            seen.prefetch(ahead.row);
         }
         let hit = hits[j];
-        if seen.insert(hit.0) {
+        if seen.insert(hit.row) {
             hits[kept] = hit;
             kept += 1;
         } else {
@@ -339,42 +433,74 @@ impl<'a> TopK<'a> {
     }
 }
 
-/// Pass 2 for one dtype: scores `hits` (rows of `body`, `stride` bytes apart) and pushes
-/// `tau * dot` into `top`, prefetching `ahead` rows ahead. Multiversioned once per call.
+/// Where the rows of one dtype are in the mapped file: what pass 2's loops need, resolved once per
+/// call by [`ItemStore`].
+#[derive(Debug, Clone, Copy)]
+struct RowBytes<'a> {
+    /// The rows, `stride` bytes apart.
+    body: &'a [u8],
+    stride: usize,
+    /// Bytes of a row that are read (values, and the int8 scale).
+    payload: usize,
+    /// Offset of an int8 row's f32 scale inside the row (after the values, 4-aligned).
+    scale_at: usize,
+    /// Rows prefetched ahead ([`rows_ahead`]).
+    ahead: usize,
+}
+
+impl RowBytes<'_> {
+    /// Requests every cache line of `row` (a hint; out-of-range rows are ignored by `prefetch`).
+    #[inline(always)]
+    fn prefetch(&self, row: u32) {
+        let base = row as usize * self.stride;
+        let mut line = 0;
+        while line < self.payload {
+            prefetch(self.body, base + line);
+            line += 64;
+        }
+    }
+
+    /// The payload bytes of `row`.
+    #[inline(always)]
+    fn payload(&self, row: u32) -> &[u8] {
+        let base = row as usize * self.stride;
+        &self.body[base..base + self.payload]
+    }
+
+    /// The scale of an int8 row, given its payload.
+    #[inline(always)]
+    fn int8_scale(&self, raw: &[u8]) -> f32 {
+        let at = self.scale_at;
+        f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]])
+    }
+}
+
+/// Pass 2 for one dtype: scores `hits` (rows laid out as `rows` says) and pushes `tau * dot` into
+/// `top`, prefetching `rows.ahead` rows ahead. Multiversioned once per call.
 macro_rules! score_loop {
     ($name:ident, $elem:ty, $conv:expr, $int8:expr, $fold:expr) => {
         #[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma", "aarch64+neon"))]
-        fn $name<'t>(
+        fn $name<'t, 'r>(
             u: &[f32],
             tau: f32,
-            body: &[u8],
-            stride: usize,
-            payload: usize,
-            ahead: usize,
-            hits: &[(u32, u64)],
+            rows: RowBytes<'r>,
+            hits: &[Hit],
             top: &mut TopK<'t>,
         ) {
             let dim = u.len();
             let elem = std::mem::size_of::<$elem>();
-            for (j, &(row, id)) in hits.iter().enumerate() {
-                if let Some(&(next, _)) = hits.get(j + ahead) {
-                    let base = next as usize * stride;
-                    let mut line = 0;
-                    while line < payload {
-                        prefetch(body, base + line);
-                        line += 64;
-                    }
+            for (j, hit) in hits.iter().enumerate() {
+                if let Some(next) = hits.get(j + rows.ahead) {
+                    rows.prefetch(next.row);
                 }
-                let base = row as usize * stride;
-                let raw = &body[base..base + payload];
+                let raw = rows.payload(hit.row);
                 let values: &[$elem] = bytemuck::cast_slice(&raw[..dim * elem]);
                 let mut dot = dot_body::<$fold, _>(u, values, $conv);
                 if $int8 {
-                    let at = dim.div_ceil(4) * 4;
-                    dot *= f32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+                    dot *= rows.int8_scale(raw);
                 }
                 top.push(Scored {
-                    item_id: id,
+                    item_id: hit.item_id,
                     score: tau * dot,
                 });
             }
@@ -386,74 +512,79 @@ score_loop!(score_f32, f32, |x| x, false, false);
 score_loop!(score_f16, u16, f16_bits_to_f32, false, true);
 score_loop!(score_i8, i8, f32::from, true, false);
 
-/// Pass 2: scores the resolved `hits` into `top` with [`dot_fast`]'s arithmetic (`fast`) or
-/// [`dot_scalar`]'s.
-pub(crate) fn score_rows<V: AsRef<[u8]>>(
-    u: &[f32],
-    tau: f32,
-    vectors: &ItemVectors<V>,
-    hits: &[(u32, u64)],
+/// Pass 2: scores the resolved `hits` into `top` with `kernel`'s arithmetic.
+pub(crate) fn score_rows<V: AsRef<[u8]>, I: AsRef<[u8]>>(
+    store: ItemStore<'_, V, I>,
+    query: &Query<'_>,
+    hits: &[Hit],
     top: &mut TopK<'_>,
-    fast: bool,
+    kernel: Kernel,
 ) {
-    let body = vectors.body();
-    let stride = vectors.row_stride();
-    let dtype = vectors.dtype();
-    let payload = dtype.payload_bytes(vectors.dim());
-    let ahead = rows_ahead(dtype, vectors.dim());
-    if !fast {
-        for &(row, id) in hits {
-            top.push(Scored {
-                item_id: id,
-                score: tau * dot_scalar(u, vectors.row(row as usize)),
-            });
+    let (u, tau) = (query.user, query.tau);
+    match kernel {
+        Kernel::Exact => {
+            for hit in hits {
+                top.push(Scored {
+                    item_id: hit.item_id,
+                    score: tau * dot_scalar(u, store.vectors.row(hit.row as usize)),
+                });
+            }
         }
-        return;
-    }
-    match dtype {
-        Dtype::F32 => score_f32(u, tau, body, stride, payload, ahead, hits, top),
-        Dtype::F16 => score_f16(u, tau, body, stride, payload, ahead, hits, top),
-        Dtype::Int8 => score_i8(u, tau, body, stride, payload, ahead, hits, top),
+        Kernel::Fast => {
+            let rows = store.row_bytes();
+            match store.dtype() {
+                Dtype::F32 => score_f32(u, tau, rows, hits, top),
+                Dtype::F16 => score_f16(u, tau, rows, hits, top),
+                Dtype::Int8 => score_i8(u, tau, rows, hits, top),
+            }
+        }
     }
 }
 
-/// Scores `candidates` against `vectors` and returns the top `k` (fewer if fewer are known).
+/// Scores `query.candidates` against `store` and returns the top `query.k` (fewer if fewer are
+/// known).
 ///
-/// `u` must have the vectors' dimension (checked at snapshot load). `fast` selects [`dot_fast`] over
-/// [`dot_scalar`].
+/// `query.user` must have the store's dimension (checked at snapshot load).
 pub fn rank<V: AsRef<[u8]>, I: AsRef<[u8]>>(
-    u: &[f32],
-    tau: f32,
-    vectors: &ItemVectors<V>,
-    index: &IdIndex<I>,
-    candidates: &[u64],
-    k: usize,
+    store: ItemStore<'_, V, I>,
+    query: &Query<'_>,
+    kernel: Kernel,
     scratch: &mut Scratch,
-    fast: bool,
 ) -> (Vec<Scored>, RankStats) {
     let mut stats = RankStats::default();
-    let words = vectors.count().div_ceil(64);
+    let words = store.rows().div_ceil(64);
     if scratch.seen.len() < words {
         scratch.seen.resize(words, 0);
     }
     scratch.hits.clear();
 
     resolve(
-        index,
-        candidates,
+        store.index,
+        query.candidates,
         &mut scratch.seen[..],
         &mut scratch.hits,
         &mut stats,
     );
-    for &(row, _) in &scratch.hits {
-        scratch.seen[row as usize / 64] = 0;
+    for hit in &scratch.hits {
+        scratch.seen[hit.row as usize / 64] = 0;
     }
-    if k == 0 || scratch.hits.is_empty() {
+    if query.k == 0 || scratch.hits.is_empty() {
         return (Vec::new(), stats);
     }
-    let mut top = TopK::new(&mut scratch.top, k);
-    score_rows(u, tau, vectors, &scratch.hits, &mut top, fast);
+    let mut top = TopK::new(&mut scratch.top, query.k);
+    score_rows(store, query, &scratch.hits, &mut top, kernel);
     (top.finish(), stats)
+}
+
+thread_local! {
+    /// Per-thread scoring buffers of [`with_thread_scratch`].
+    static THREAD_SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's [`Scratch`], reused by every request the thread serves (the blocking
+/// pool's threads: a warm request allocates only its result). Not re-entrant: `f` must not call it.
+pub fn with_thread_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    THREAD_SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
 #[cfg(test)]
@@ -512,7 +643,8 @@ pub(crate) mod tests {
             let u: Vec<f32> = (0..dim).map(|d| (mix64(seed ^ d as u64) >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
             for dtype in [Dtype::F32, Dtype::F16, Dtype::Int8] {
                 let vecs = ItemVectors::parse(encode(dtype, dim, &v), "v").unwrap();
-                let (top, stats) = rank(&u, 2.0, &vecs, &idx, &cands, k, &mut Scratch::default(), true);
+                let query = Query { user: &u, tau: 2.0, candidates: &cands, k };
+                let (top, stats) = rank(ItemStore::new(&vecs, &idx), &query, Kernel::Fast, &mut Scratch::default());
                 let mut seen = std::collections::HashSet::new();
                 let mut all: Vec<Scored> = cands.iter().filter_map(|&id| {
                     let row = ids.iter().position(|&x| x == id)?;
@@ -552,17 +684,15 @@ pub(crate) mod tests {
         let idx = IdIndex::parse(aligned(&idx_bytes), "i").unwrap();
         let u = [1.0, 0.0, 0.0, 0.0];
         let mut s = Scratch::default();
-        for fast in [false, true] {
-            let (top, stats) = rank(
-                &u,
-                2.0,
-                &vecs,
-                &idx,
-                &[30, 99, 20, 10, 40, 30, 98],
-                3,
-                &mut s,
-                fast,
-            );
+        let store = ItemStore::new(&vecs, &idx);
+        for kernel in [Kernel::Exact, Kernel::Fast] {
+            let query = Query {
+                user: &u,
+                tau: 2.0,
+                candidates: &[30, 99, 20, 10, 40, 30, 98],
+                k: 3,
+            };
+            let (top, stats) = rank(store, &query, kernel, &mut s);
             assert_eq!(
                 top,
                 vec![
@@ -584,7 +714,13 @@ pub(crate) mod tests {
             assert_eq!(stats.unknown_sample, vec![99, 98]);
             assert_eq!(stats.duplicates, 1);
             // k larger than the known candidates returns them all.
-            let (all, _) = rank(&u, 1.0, &vecs, &idx, &[20, 40], 10, &mut s, fast);
+            let query = Query {
+                user: &u,
+                tau: 1.0,
+                candidates: &[20, 40],
+                k: 10,
+            };
+            let (all, _) = rank(store, &query, kernel, &mut s);
             assert_eq!(
                 all.iter().map(|s| s.item_id).collect::<Vec<_>>(),
                 vec![40, 20]

@@ -209,18 +209,18 @@ impl ServeConfig {
         }
     }
 
-    /// The scoring pool `--scoring-threads` asks for (`None`: sequential scoring).
-    pub fn scoring_pool(&self) -> anyhow::Result<Option<Arc<ScoringPool>>> {
+    /// The scoring pool `--scoring-threads` asks for ([`ScoringPool::sequential`] for 0).
+    pub fn scoring_pool(&self) -> anyhow::Result<Arc<ScoringPool>> {
         let threads = self.scoring_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
         if threads == 0 {
-            return Ok(None);
+            return Ok(Arc::new(ScoringPool::sequential()));
         }
-        Ok(Some(Arc::new(
+        Ok(Arc::new(
             ScoringPool::new(threads, self.parallel_min_candidates)
                 .context("cannot start the scoring pool")?,
-        )))
+        ))
     }
 
     /// The bucket plan: the config file (if any), pinned to `--bucket` (if set).
@@ -320,14 +320,13 @@ pub async fn run_with_admin(
     };
     let buckets = Arc::new(config.load_buckets()?);
     let pool = config.scoring_pool()?;
-    if let Some(p) = &pool {
+    if pool.threads() > 0 {
         tracing::info!(
-            threads = p.threads(),
-            min_candidates = p.min_candidates(),
+            threads = pool.threads(),
+            min_candidates = pool.min_candidates(),
             "scoring pool: large requests split across idle cores"
         );
     }
-    crate::parallel::set_global(pool);
     tracing::info!(thp = %crate::hugepages::thp_mode(), huge_pages = !config.no_huge_pages, load_mode = %config.load_mode, prefault = config.prefault, verify = ?config.verify, "memory settings");
     let warmup_request = match &config.warmup_request {
         Some(p) => {
@@ -335,7 +334,7 @@ pub async fn run_with_admin(
                 .with_context(|| format!("cannot read the warm-up request {}", p.display()))?;
             let req: RankRequest = parse_json(&text)
                 .map_err(|e| anyhow::anyhow!("warm-up request {}: {e:?}", p.display()))?;
-            Some(req)
+            Some(req.into_domain())
         }
         None => None,
     };
@@ -346,10 +345,12 @@ pub async fn run_with_admin(
             config.load_options(),
         )
         .with_bucket_targets(buckets.targets())
-        .with_warmup(config.warmup_rounds, warmup_request),
+        .with_warmup(config.warmup_rounds, warmup_request)
+        .with_scoring(Arc::clone(&pool)),
     );
     let state = AppState::new(Arc::clone(&registry), config.limits())
         .with_buckets(Arc::clone(&buckets))
+        .with_scoring(pool)
         .with_request_timeout(
             (config.request_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.request_timeout_ms)),

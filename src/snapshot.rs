@@ -1,10 +1,18 @@
-//! A loaded, verified snapshot: the mapped files, the resolved user tower, and the ranking entry point.
+//! A loaded, verified snapshot: the mapped files, the resolved user tower, and the one ranking
+//! pipeline ([`Snapshot::rank`]).
 //!
 //! [`Snapshot::load`] is what every later layer installs: it opens the version directory with full
-//! verification (format layer), resolves the tower, and replays the manifest's golden checks through
-//! this crate's own tower and scoring code. A snapshot that fails any of it is never served. Once
-//! loaded, a snapshot is immutable and shared behind an `Arc`; its memory maps are released when the
-//! last `Arc` (the registry's or an in-flight request's) is dropped.
+//! verification (format layer, [`Snapshot::open`] here), resolves the tower, and replays the manifest's
+//! golden checks through this crate's own tower and scoring code (in [`crate::golden`]: golden
+//! requests are API JSON bodies, decoded by the JSON adapter, so that module and not this one knows
+//! the wire). A snapshot that fails any of it is never served. Once loaded, a snapshot is immutable and
+//! shared behind an `Arc`; its memory maps are released when the last `Arc` (the registry's or an
+//! in-flight request's) is dropped.
+//!
+//! [`Snapshot::rank`] is the only way a request is ranked: user tower, then scoring on the injected
+//! [`ScoringPool`], returning the result with the time each stage took ([`StageTimings`]), so no
+//! caller re-implements the steps to time them. [`Snapshot::warm_up`] replays requests through the
+//! same pipeline before a version goes live.
 //!
 //! With [`LoadOptions::defer_item_verification`] the item files' checksums and contents are not checked
 //! by `load`: the snapshot says so ([`Snapshot::deferred_verification`]) and whoever installs it (the
@@ -13,14 +21,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use memmap2::Mmap;
 use prerank_format::reader::{LoadMode, OpenOptions, SnapshotFiles};
 use prerank_format::{Dtype, FormatError, Manifest};
 use serde::Serialize;
 
-use crate::api::RankRequest;
 use crate::hugepages;
 use crate::model::{ModelError, TowerData, TowerLayout, UserInput};
-use crate::scoring::{RankStats, Scored, Scratch};
+use crate::parallel::ScoringPool;
+use crate::request::RankRequest;
+use crate::scoring::{ItemStore, Kernel, Query, RankStats, Scored, Scratch};
 
 /// Why a snapshot could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +101,30 @@ pub struct SnapshotInfo {
     pub provenance: serde_json::Value,
 }
 
+/// Time spent in each stage of one [`Snapshot::rank`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Request values to features, and the user-tower forward pass.
+    pub tower: Duration,
+    /// Id lookup, dot products and top-k (split across the scoring pool or not).
+    pub scoring: Duration,
+}
+
 /// The outcome of one ranking call.
 #[derive(Debug, Clone)]
 pub struct RankResult {
     pub items: Vec<Scored>,
     pub stats: RankStats,
     pub ignored_features: Vec<String>,
+    pub timings: StageTimings,
+}
+
+/// Which stored rows and which arithmetic a ranking call uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    /// Index into the snapshot's vector files.
+    pub(crate) vectors: usize,
+    pub(crate) kernel: Kernel,
 }
 
 /// A verified, servable snapshot.
@@ -109,12 +137,15 @@ pub struct Snapshot {
     info: SnapshotInfo,
     /// Loaded with `--verify deferred`: the item files' checksums and contents are still unchecked.
     deferred: bool,
+    /// The manifest's golden requests (those that decode), replayed over every item by the default
+    /// warm-up.
+    samples: Vec<RankRequest>,
 }
 
 impl Snapshot {
-    /// Opens, verifies and golden-checks the version directory `dir`.
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Snapshot, SnapshotError> {
-        let started = Instant::now();
+    /// Opens and verifies the version directory `dir` and resolves its tower: everything of a load
+    /// but the golden checks and the final bookkeeping ([`Snapshot::load`] does both).
+    pub(crate) fn open(dir: &Path, opts: &LoadOptions) -> Result<Snapshot, SnapshotError> {
         let files = SnapshotFiles::open(
             dir,
             &OpenOptions {
@@ -127,7 +158,6 @@ impl Snapshot {
                 serve_dtype: opts.dtype,
             },
         )?;
-        let opened_ms = started.elapsed().as_millis() as u64;
         let layout = TowerLayout::new(&files.manifest, &files.weights)?;
         let serving = match opts.dtype {
             None => 0,
@@ -162,23 +192,32 @@ impl Snapshot {
             golden_checks: m.golden.len(),
             provenance: m.provenance.clone(),
         };
-        let mut snap = Snapshot {
+        Ok(Snapshot {
             files,
             layout,
             serving,
             info,
             deferred: opts.verify && opts.defer_item_verification,
-        };
-        if opts.golden {
-            snap.check_golden()?;
-        }
-        snap.info.load_ms = started.elapsed().as_millis() as u64;
-        snap.info.loaded_at = SystemTime::now()
+            samples: Vec::new(),
+        })
+    }
+
+    /// Completes a load that began at `started` (the files were open after `opened_ms`): keeps the
+    /// warm-up samples, records the load time and logs what memory the kernel granted.
+    pub(crate) fn finish_load(
+        &mut self,
+        samples: Vec<RankRequest>,
+        started: Instant,
+        opened_ms: u64,
+        opts: &LoadOptions,
+    ) {
+        self.samples = samples;
+        self.info.load_ms = started.elapsed().as_millis() as u64;
+        self.info.loaded_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
-        snap.log_memory(opened_ms, opts);
-        Ok(snap)
+        self.log_memory(opened_ms, opts);
     }
 
     /// The version directory whose item files still need [`verify_item_files`] (a deferred load), or
@@ -242,7 +281,7 @@ impl Snapshot {
         &self.layout
     }
 
-    fn data(&self) -> TowerData<'_, memmap2::Mmap> {
+    fn data(&self) -> TowerData<'_, Mmap> {
         TowerData {
             weights: &self.files.weights,
             index: &self.files.index,
@@ -250,109 +289,102 @@ impl Snapshot {
         }
     }
 
+    /// The item rows being served (the served dtype) and the id index.
+    pub fn item_store(&self) -> ItemStore<'_, Mmap, Mmap> {
+        self.store(self.serving)
+    }
+
+    fn store(&self, vectors: usize) -> ItemStore<'_, Mmap, Mmap> {
+        ItemStore::new(&self.files.vectors[vectors], &self.files.index)
+    }
+
     /// The user vector for one user (normalised, `dim` long).
     pub fn user_vector(&self, input: &UserInput<'_>) -> Result<Vec<f32>, ModelError> {
         self.layout.forward(self.data(), input)
     }
 
-    /// Ranks `req.candidates` for `req.user`, returning at most `k` items. `dtype` overrides the
-    /// served dtype (used by golden checks, which are defined against f32).
+    /// Ranks `req.candidates` for `req.user` and returns at most `req.k` items (none for `k <= 0`;
+    /// the ranking service validates `k` first) with the time each stage took. Scoring runs on
+    /// `pool` (split across its idle workers when large), with the served dtype and the fast kernel.
     pub fn rank(
         &self,
         req: &RankRequest,
-        k: usize,
+        pool: &ScoringPool,
         scratch: &mut Scratch,
     ) -> Result<RankResult, ModelError> {
-        self.rank_with(req, k, scratch, self.serving, true)
+        let target = Target {
+            vectors: self.serving,
+            kernel: Kernel::Fast,
+        };
+        self.rank_on(req, target, pool, scratch)
     }
 
-    fn rank_with(
+    /// [`Snapshot::rank`] on any stored dtype and kernel (golden checks use f32 and the exact one).
+    pub(crate) fn rank_on(
         &self,
         req: &RankRequest,
-        k: usize,
+        target: Target,
+        pool: &ScoringPool,
         scratch: &mut Scratch,
-        vectors: usize,
-        fast: bool,
     ) -> Result<RankResult, ModelError> {
-        let input = UserInput::from_json(&req.user)?;
+        let t = Instant::now();
+        let input = UserInput::new(&req.user)?;
         let ignored_features = self.layout.ignored_features(&input);
         let u = self.user_vector(&input)?;
-        let (items, stats) = crate::parallel::rank(
-            &u,
-            self.files.manifest.tau,
-            &self.files.vectors[vectors],
-            &self.files.index,
-            &req.candidates,
-            k,
-            scratch,
-            fast,
-        );
+        let tower = t.elapsed();
+        let t = Instant::now();
+        let query = Query {
+            user: &u,
+            tau: self.files.manifest.tau,
+            candidates: &req.candidates,
+            k: req.k_or_zero(),
+        };
+        let (items, stats) = pool.rank(self.store(target.vectors), &query, target.kernel, scratch);
         Ok(RankResult {
             items,
             stats,
             ignored_features,
+            timings: StageTimings {
+                tower,
+                scoring: t.elapsed(),
+            },
         })
     }
 
-    /// Replays every golden check: user vector and top scores within the check's tolerance.
-    fn check_golden(&self) -> Result<(), SnapshotError> {
+    /// Runs `rounds` warm-up passes through the pipeline: of `request`, or (when `None`) of the
+    /// golden requests with every item as a candidate. Faults in the pages the request path reads
+    /// and proves it works on this snapshot; the registry calls it before a version can go live.
+    pub fn warm_up(
+        &self,
+        rounds: usize,
+        request: Option<&RankRequest>,
+        pool: &ScoringPool,
+    ) -> Result<(), ModelError> {
+        if rounds == 0 {
+            return Ok(());
+        }
+        let bounded_k = |r: &RankRequest| usize::try_from(r.k).unwrap_or(1).clamp(1, 10_000) as i64;
+        let requests: Vec<RankRequest> = match request {
+            Some(r) => vec![RankRequest {
+                k: bounded_k(r),
+                ..r.clone()
+            }],
+            None => {
+                let ids = self.files.index.ids();
+                self.samples
+                    .iter()
+                    .map(|r| RankRequest {
+                        k: bounded_k(r),
+                        candidates: ids.to_vec(),
+                        ..r.clone()
+                    })
+                    .collect()
+            }
+        };
         let mut scratch = Scratch::default();
-        for g in &self.files.manifest.golden {
-            let fail = |reason: String| SnapshotError::Golden {
-                name: g.name.clone(),
-                reason,
-            };
-            let req: RankRequest = serde_json::from_value(g.request.clone())
-                .map_err(|e| fail(format!("request does not parse: {e}")))?;
-            let input = UserInput::from_json(&req.user).map_err(|e| fail(e.to_string()))?;
-            let u = self.user_vector(&input).map_err(|e| fail(e.to_string()))?;
-            let (worst, at) = max_abs_diff(&u, &g.user_vector);
-            if worst > g.tolerance {
-                return Err(fail(format!(
-                    "user vector differs by {worst:e} at component {at} (tolerance {:e})",
-                    g.tolerance
-                )));
-            }
-            // Top scores are defined against f32 vectors; with only compact dtypes stored, check
-            // the scores at that dtype's precision instead.
-            let (vectors, tol) = match self
-                .files
-                .vectors
-                .iter()
-                .position(|v| v.dtype() == Dtype::F32)
-            {
-                Some(i) => (i, g.tolerance),
-                None => (0, g.tolerance + self.files.manifest.tau * 0.05),
-            };
-            let k = usize::try_from(req.k).unwrap_or(0).max(g.top.len());
-            let got = self
-                .rank_with(&req, k, &mut scratch, vectors, false)
-                .map_err(|e| fail(e.to_string()))?;
-            if got.items.len() < g.top.len() {
-                return Err(fail(format!(
-                    "expected {} items, got {}",
-                    g.top.len(),
-                    got.items.len()
-                )));
-            }
-            for (i, want) in g.top.iter().enumerate() {
-                let have = got.items[i];
-                if (have.score - want.score).abs() > tol {
-                    return Err(fail(format!(
-                        "rank {i}: score {} for item {}, expected {} for item {} (tolerance {tol:e})",
-                        have.score, have.item_id, want.score, want.item_id
-                    )));
-                }
-                // Ids must match unless the expected neighbours tie within the tolerance.
-                let tied = g.top.iter().any(|o| {
-                    o.item_id != want.item_id && (o.score - want.score).abs() <= 2.0 * tol
-                });
-                if have.item_id != want.item_id && !tied {
-                    return Err(fail(format!(
-                        "rank {i}: item {}, expected item {}",
-                        have.item_id, want.item_id
-                    )));
-                }
+        for _ in 0..rounds {
+            for r in &requests {
+                self.rank(r, pool, &mut scratch)?;
             }
         }
         Ok(())
@@ -411,10 +443,12 @@ mod tests {
         assert_eq!(full.deferred_verification(), None);
         let ids = full.files().index.ids().to_vec();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let req = sample_request(&mut rng, &ids, 2_000, 50);
+        let req = sample_request(&mut rng, &ids, 2_000, 50).into_domain();
         let mut s = Scratch::default();
-        let a = full.rank(&req, 50, &mut s).unwrap();
-        let b = lazy.rank(&req, 50, &mut s).unwrap();
+        let pool = ScoringPool::sequential();
+        let a = full.rank(&req, &pool, &mut s).unwrap();
+        let b = lazy.rank(&req, &pool, &mut s).unwrap();
+        assert_eq!(a.items.len(), 50);
         assert_eq!(a.items, b.items);
         let usage = lazy.memory_usage();
         assert_eq!(usage.len(), lazy.files().maps.len());

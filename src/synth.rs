@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::api::RankRequest;
 use crate::model::UserInput;
+use crate::parallel::ScoringPool;
 use crate::scoring::Scratch;
 use crate::snapshot::{LoadOptions, Snapshot, SnapshotError};
 
@@ -298,13 +299,15 @@ fn golden_checks(
             },
         )?;
         let mut scratch = Scratch::default();
+        let pool = ScoringPool::sequential();
         let mut checks = Vec::new();
         for i in 0..cfg.golden {
             let mut req = sample_request(rng, &parts.item_ids, 200.min(parts.item_ids.len()), 10);
             req.candidates.push(1); // an id that is never in a synthetic corpus (ids are >= 10^6)
-            let input = UserInput::from_json(&req.user)?;
+            let domain = req.clone().into_domain();
+            let input = UserInput::new(&domain.user)?;
             let user_vector = snap.user_vector(&input)?;
-            let ranked = snap.rank(&req, 10, &mut scratch)?;
+            let ranked = snap.rank(&domain, &pool, &mut scratch)?;
             checks.push(GoldenCheck {
                 name: format!("synthetic-{i}"),
                 request: serde_json::to_value(&req).unwrap_or_default(),

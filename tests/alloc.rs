@@ -6,7 +6,7 @@
 
 use std::alloc::System;
 
-use prerank::scoring::{rank, Scratch};
+use prerank::scoring::{rank, ItemStore, Kernel, Query, Scratch};
 use prerank::snapshot::{LoadOptions, Snapshot};
 use prerank::synth::{generate, sample_request, SynthConfig};
 use prerank_format::Dtype;
@@ -60,18 +60,14 @@ fn warm_rank_allocates_a_constant_number_of_times() {
             let mut req = sample_request(&mut rng, &ids, n, 1000);
             req.candidates.extend([1, 2, 3]); // unknown ids: the sample vector allocates once
             let u = vec![0.1f32; snap.info().dim];
-            let mut call = || {
-                rank(
-                    &u,
-                    5.0,
-                    vectors,
-                    &files.index,
-                    &req.candidates,
-                    1000,
-                    &mut scratch,
-                    true,
-                )
+            let store = ItemStore::new(vectors, &files.index);
+            let query = Query {
+                user: &u,
+                tau: 5.0,
+                candidates: &req.candidates,
+                k: 1000,
             };
+            let mut call = || rank(store, &query, Kernel::Fast, &mut scratch);
             // Warm-up: grows the scratch buffers to this size.
             for _ in 0..3 {
                 call();
@@ -92,8 +88,8 @@ fn warm_rank_allocates_a_constant_number_of_times() {
             "{dtype}: allocations depend on N: {per_n:?}"
         );
 
-        let small = sample_request(&mut rng, &ids, 0, 10).user;
-        let input = prerank::model::UserInput::from_json(&small).unwrap();
+        let small = sample_request(&mut rng, &ids, 0, 10).user.into_domain();
+        let input = prerank::model::UserInput::new(&small).unwrap();
         let mut b50 = sample_request(&mut rng, &ids, 0, 10).user;
         b50.behaviors = (0..50)
             .map(|i| prerank::api::BehaviorJson {
@@ -101,7 +97,8 @@ fn warm_rank_allocates_a_constant_number_of_times() {
                 fields: Default::default(),
             })
             .collect();
-        let input50 = prerank::model::UserInput::from_json(&b50).unwrap();
+        let b50 = b50.into_domain();
+        let input50 = prerank::model::UserInput::new(&b50).unwrap();
         let _ = snap.user_vector(&input50).unwrap();
         let (_, fa, fb) = counted(|| snap.user_vector(&input50).unwrap());
         let (_, ga, gb) = counted(|| snap.user_vector(&input).unwrap());

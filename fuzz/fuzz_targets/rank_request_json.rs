@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use prerank::api::{parse_json, RankRequest};
+use prerank::parallel::ScoringPool;
 use prerank::scoring::Scratch;
 use prerank::snapshot::{LoadOptions, Snapshot};
 
@@ -24,7 +25,8 @@ fn snapshot() -> &'static Snapshot {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = parse_json::<RankRequest>(data) else { return };
-    let k = usize::try_from(req.k).unwrap_or(1).clamp(1, 1000);
+    let mut req = req.into_domain();
+    req.k = req.k.clamp(1, 1000);
     let mut scratch = Scratch::default();
-    let _ = snapshot().rank(&req, k, &mut scratch);
+    let _ = snapshot().rank(&req, &ScoringPool::sequential(), &mut scratch);
 });

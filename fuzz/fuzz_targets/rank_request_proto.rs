@@ -1,11 +1,12 @@
 //! Arbitrary bytes as a protobuf `POST /v1/rank` body (`Content-Type: application/x-protobuf`):
-//! prost decoding, the conversion to the JSON request type, feature mapping, the user tower and
+//! prost decoding, the conversion to the domain request, feature mapping, the user tower and
 //! scoring over a small synthetic snapshot must never panic, whatever the input.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use prerank::parallel::ScoringPool;
 use prerank::scoring::Scratch;
 use prerank::snapshot::{LoadOptions, Snapshot};
 
@@ -23,10 +24,11 @@ fn snapshot() -> &'static Snapshot {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = prerank::proto::decode_request(data) else { return };
-    // Whatever decodes must also be expressible as JSON (what the rest of the server assumes).
-    let _ = serde_json::to_vec(&req).expect("a decoded request serialises as JSON");
-    let k = usize::try_from(req.k).unwrap_or(1).clamp(1, 1000);
+    let Ok(mut req) = prerank::proto::decode(data) else { return };
+    // Whatever decodes must also be expressible as JSON (its twin, what tools compare against).
+    let twin = prerank::api::RankRequest::from(req.clone());
+    let _ = serde_json::to_vec(&twin).expect("a decoded request serialises as JSON");
+    req.k = req.k.clamp(1, 1000);
     let mut scratch = Scratch::default();
-    let _ = snapshot().rank(&req, k, &mut scratch);
+    let _ = snapshot().rank(&req, &ScoringPool::sequential(), &mut scratch);
 });

@@ -130,7 +130,7 @@ async fn operate(
         let m = model.clone();
         let report = tokio::task::spawn_blocking(move || f(&registry, &m, version))
             .await
-            .map_err(|e| ApiError::Internal(format!("admin task failed: {e}")))??;
+            .map_err(|e| ApiError::internal(format!("admin task failed: {e}")))??;
         tracing::info!(op, model, ?version, serving = ?report.serving, "admin operation done");
         Ok::<_, ApiError>(report)
     }
@@ -157,7 +157,7 @@ async fn list(State(state): State<AdminState>) -> Response {
     let registry = Arc::clone(&state.registry);
     match tokio::task::spawn_blocking(move || registry.report()).await {
         Ok(models) => Json(ModelList { models }).into_response(),
-        Err(e) => ApiError::Internal(format!("admin task failed: {e}")).into_response(),
+        Err(e) => ApiError::internal(format!("admin task failed: {e}")).into_response(),
     }
 }
 
@@ -173,7 +173,7 @@ async fn show(State(state): State<AdminState>, Path(model): Path<String>) -> Res
     }
     match tokio::task::spawn_blocking(move || registry.report_model(&model)).await {
         Ok(r) => Json(r).into_response(),
-        Err(e) => ApiError::Internal(format!("admin task failed: {e}")).into_response(),
+        Err(e) => ApiError::internal(format!("admin task failed: {e}")).into_response(),
     }
 }
 

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,51 +52,27 @@ pub use error::ApiError;
 pub use negotiate::Encoding;
 pub use serve::{serve, ConnLimits};
 
-use crate::api::{parse_json, ParseError, RankRequest, RankResponse, RankedItem};
+use crate::api::{parse_json, ParseError, RankResponse};
 use crate::buckets::{BucketSpec, Buckets, BUCKET_HEADER};
-use crate::model::UserInput;
+use crate::parallel::ScoringPool;
 use crate::proto::ProtoError;
-use crate::registry::{Registry, RegistryError, VersionStatus};
-use crate::scoring::Scratch;
+use crate::registry::{Registry, VersionStatus};
+pub use crate::request::Limits;
+use crate::request::RankRequest;
+use crate::service::{new_request_id, BucketHint, Handled, RankError, RankService, RequestContext};
 use crate::snapshot::SnapshotInfo;
 use crate::telemetry;
-
-/// Request limits; defaults are documented in docs/api.md and `prerank serve --help`.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_candidates: usize,
-    pub max_behaviors: usize,
-    pub max_k: usize,
-    pub max_inflight: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 8 << 20,
-            max_candidates: 200_000,
-            max_behaviors: 1_000,
-            max_k: 10_000,
-            max_inflight: 64,
-        }
-    }
-}
 
 /// Everything handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub limits: Limits,
-    /// Permits for CPU work in flight; see the module doc.
+    /// Admission, deadline, routing and the pipeline: what every protocol shares.
+    pub service: RankService,
+    /// The service's in-flight permits (the same semaphore; tests hold permits to simulate load).
     pub inflight: Arc<Semaphore>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// The A/B bucket plan (none configured by default).
-    pub buckets: Arc<Buckets>,
     /// Draining flag and requests in flight (graceful shutdown).
     pub lifecycle: Arc<Lifecycle>,
-    /// Deadline of one ranking request, from its arrival (`None`: no deadline).
-    pub request_timeout: Option<Duration>,
     /// (model, version) pairs whose mapped-bytes gauge was last reported non-zero, so a retired
     /// version's gauge is set back to 0.
     mapped_reported: Arc<Mutex<BTreeSet<(String, u64)>>>,
@@ -153,34 +129,50 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, limits: Limits) -> AppState {
+        AppState::with_service(RankService::new(registry, limits))
+    }
+
+    /// The state of a router over `service`.
+    pub fn with_service(service: RankService) -> AppState {
         AppState {
-            inflight: Arc::new(Semaphore::new(limits.max_inflight)),
-            registry,
-            limits,
+            inflight: Arc::clone(service.inflight()),
+            service,
             metrics: telemetry::prometheus_handle(),
-            buckets: Arc::new(Buckets::none()),
             lifecycle: Arc::new(Lifecycle::default()),
-            request_timeout: None,
             mapped_reported: Arc::default(),
         }
     }
 
     /// The same state with a deadline per ranking request.
     pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> AppState {
-        self.request_timeout = timeout;
+        self.service = self.service.with_request_timeout(timeout);
         self
     }
 
     /// The same state with a bucket plan.
     pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> AppState {
-        self.buckets = buckets;
+        self.service = self.service.with_buckets(buckets);
         self
+    }
+
+    /// The same state scoring on `pool`.
+    pub fn with_scoring(mut self, pool: Arc<ScoringPool>) -> AppState {
+        self.service = self.service.with_scoring(pool);
+        self
+    }
+
+    fn registry(&self) -> &Registry {
+        self.service.registry()
+    }
+
+    fn buckets(&self) -> &Buckets {
+        self.service.buckets()
     }
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.limits.max_body_bytes;
+    let body_limit = state.service.limits().max_body_bytes;
     Router::new()
         .route("/v1/rank", post(rank))
         .route("/v1/models", get(models))
@@ -206,7 +198,7 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(valid_request_id)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        .unwrap_or_else(new_request_id);
     let path = req.uri().path().to_owned();
     let span =
         tracing::info_span!("request", request_id = %id, method = %req.method(), path = %path);
@@ -264,66 +256,6 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
-thread_local! {
-    /// Per-blocking-thread scoring buffers, reused across requests.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// The response's request id: the body's `request_id` if given, else the header's (or generated) one.
-fn request_id(headers: &HeaderMap, tracked: Option<&RequestId>, body_id: Option<&str>) -> String {
-    if let Some(id) = body_id.filter(|s| !s.is_empty()) {
-        return id.chars().take(128).collect();
-    }
-    if let Some(id) = tracked {
-        return id.0.clone();
-    }
-    if let Some(id) = headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-    {
-        return id.chars().take(128).collect();
-    }
-    format!("{:032x}", rand::random::<u128>())
-}
-
-/// The user tower and scoring of one request, timed separately (the same steps as
-/// [`crate::snapshot::Snapshot::rank`], split so each stage has its own latency histogram).
-fn rank_timed(
-    snap: &crate::snapshot::Snapshot,
-    req: &RankRequest,
-    k: usize,
-    scratch: &mut Scratch,
-) -> Result<crate::snapshot::RankResult, ApiError> {
-    let dtype = snap.info().dtype;
-    let Some(vectors) = snap.files().vectors.iter().find(|v| v.dtype() == dtype) else {
-        // Not reachable for a loaded snapshot; fall back to the snapshot's own entry point.
-        return Ok(snap.rank(req, k, scratch)?);
-    };
-    let t = Instant::now();
-    let input = UserInput::from_json(&req.user)?;
-    let ignored_features = snap.layout().ignored_features(&input);
-    let u = snap.user_vector(&input)?;
-    telemetry::record_stage(telemetry::STAGE_TOWER, t.elapsed());
-    let t = Instant::now();
-    let (items, stats) = crate::parallel::rank(
-        &u,
-        snap.manifest().tau,
-        vectors,
-        &snap.files().index,
-        &req.candidates,
-        k,
-        scratch,
-        true,
-    );
-    telemetry::record_stage(telemetry::STAGE_SCORING, t.elapsed());
-    Ok(crate::snapshot::RankResult {
-        items,
-        stats,
-        ignored_features,
-    })
-}
-
 /// Ranks the candidates for one user and returns the top k.
 ///
 /// JSON by default. The same request and response also exist in protobuf (schema
@@ -353,18 +285,18 @@ fn rank_timed(
 )]
 async fn rank(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let tracked = req.extensions().get::<RequestId>().cloned();
-    let headers = req.headers().clone();
-    let request_encoding = negotiate::request_encoding(&headers);
+    let transport_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(new_request_id, |id| id.0.clone());
+    let request_encoding = negotiate::request_encoding(req.headers());
     let response_encoding =
-        negotiate::response_encoding(&headers, request_encoding.as_ref().ok().copied());
+        negotiate::response_encoding(req.headers(), request_encoding.as_ref().ok().copied());
     let (result, labels) = match request_encoding {
-        Ok(encoding) => {
-            rank_inner(&state, &headers, tracked.as_ref(), encoding, req, started).await
-        }
+        Ok(encoding) => rank_decoded(&state, encoding, req, started, &transport_id).await,
         Err(e) => (Err(e), telemetry::Labels::default()),
     };
-    let (id, response) = match result {
+    let (id, response) = match result.map(RankResponse::from) {
         Ok(resp) => {
             let t = Instant::now();
             let encoded = match response_encoding {
@@ -385,7 +317,7 @@ async fn rank(State(state): State<AppState>, req: Request) -> Response {
                 ),
                 Err(e) => (
                     Some(id),
-                    ApiError::Internal(format!("encoding the response: {e}"))
+                    ApiError::internal(format!("encoding the response: {e}"))
                         .into_response_as(response_encoding),
                 ),
             }
@@ -405,174 +337,85 @@ async fn rank(State(state): State<AppState>, req: Request) -> Response {
     response
 }
 
-/// Decodes a request body in its encoding; errors keep the codes of [`ApiError`] (JSON syntax 400
+/// Decodes a request body in its encoding; errors keep their codes (JSON syntax 400
 /// `malformed_json`, undecodable protobuf 400 `malformed_protobuf`, shape 422 `invalid_request`).
-fn decode_body(body: &[u8], encoding: Encoding) -> Result<RankRequest, ApiError> {
+fn decode_body(body: &[u8], encoding: Encoding) -> Result<RankRequest, RankError> {
     match encoding {
-        Encoding::Json => parse_json(body).map_err(|e| match e {
-            ParseError::Syntax(m) => ApiError::MalformedJson(m),
-            ParseError::Shape(m) => ApiError::InvalidRequest(m),
-        }),
-        Encoding::Protobuf => crate::proto::decode_request(body).map_err(|e| match e {
-            ProtoError::Malformed(m) => ApiError::MalformedProtobuf(m),
-            ProtoError::Shape(m) => ApiError::InvalidRequest(m),
-            ProtoError::Feature(m) => ApiError::InvalidFeature(m),
+        Encoding::Json => parse_json::<crate::api::RankRequest>(body)
+            .map(crate::api::RankRequest::into_domain)
+            .map_err(|e| match e {
+                ParseError::Syntax(m) => RankError::MalformedJson(m),
+                ParseError::Shape(m) => RankError::InvalidRequest(m),
+            }),
+        Encoding::Protobuf => crate::proto::decode(body).map_err(|e| match e {
+            ProtoError::Malformed(m) => RankError::MalformedProtobuf(m),
+            ProtoError::Shape(m) => RankError::InvalidRequest(m),
+            ProtoError::Feature(m) => RankError::InvalidFeature(m),
         }),
     }
 }
 
-async fn rank_inner(
+/// The HTTP half of a ranking request: admission before the body is read (so shedding costs no read
+/// and no decode), the body read within the deadline (a client trickling its body cannot hold a
+/// permit past it), decoding, then the ranking service.
+async fn rank_decoded(
     state: &AppState,
-    headers: &HeaderMap,
-    tracked: Option<&RequestId>,
     encoding: Encoding,
     http_req: Request,
     started: Instant,
-) -> (Result<RankResponse, ApiError>, telemetry::Labels) {
-    let mut labels = telemetry::Labels::default();
-    let result = async {
-        // Shed before reading the body: under overload a refused request costs no body read and no
-        // decode, so the accepted requests' latency does not grow with the number of connections.
-        // The permit is held through decoding and scoring.
-        let permit = Arc::clone(&state.inflight)
-            .try_acquire_owned()
-            .map_err(|_| {
-                telemetry::record_shed(telemetry::SHED_OVERLOADED);
-                ApiError::Overloaded
-            })?;
-        // The same extractor (and so the same `DefaultBodyLimit`, 413 and 400) as before, only after
-        // the permit. The read counts against the request's deadline, so a client that trickles its
-        // body cannot hold a permit longer than that.
-        let read = Bytes::from_request(http_req, state);
-        let read = match state.request_timeout {
-            Some(limit) => {
-                let left = limit.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        telemetry::record_shed(telemetry::SHED_TIMEOUT);
-                        return Err(ApiError::Timeout(limit.as_millis() as u64));
-                    }
-                }
-            }
-            None => read.await,
-        };
-        let body = read.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge(state.limits.max_body_bytes)
-            } else {
-                ApiError::BadBody(rej.body_text())
-            }
-        })?;
-        let req = decode_body(&body, encoding)?;
-        drop(body);
-        let limits = &state.limits;
-        if req.k <= 0 || req.k as u64 > limits.max_k as u64 {
-            return Err(ApiError::InvalidK {
-                k: req.k,
-                max: limits.max_k,
-            });
+    transport_id: &str,
+) -> (
+    Result<crate::service::RankOutcome, ApiError>,
+    telemetry::Labels,
+) {
+    let service = &state.service;
+    let permit = match service.admit() {
+        Ok(p) => p,
+        Err(e) => return (Err(e.into()), telemetry::Labels::default()),
+    };
+    let bucket_header = http_req
+        .headers()
+        .get(BUCKET_HEADER)
+        .map(|v| v.to_str().map(str::to_string));
+    // The same extractor (and so the same `DefaultBodyLimit`, 413 and 400) as a plain `Bytes`
+    // handler argument, only after the permit.
+    let read = service
+        .deadline(started)
+        .run(Bytes::from_request(http_req, state))
+        .await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let max = service.limits().max_body_bytes;
+            return (
+                Err(ApiError::BodyTooLarge(max)),
+                telemetry::Labels::default(),
+            );
         }
-        if req.candidates.is_empty() {
-            return Err(ApiError::EmptyCandidates);
+        Ok(Err(rej)) => {
+            return (
+                Err(ApiError::BadBody(rej.body_text())),
+                telemetry::Labels::default(),
+            )
         }
-        if req.candidates.len() > limits.max_candidates {
-            return Err(ApiError::TooManyCandidates {
-                found: req.candidates.len(),
-                max: limits.max_candidates,
-            });
-        }
-        if req.user.behaviors.len() > limits.max_behaviors {
-            return Err(ApiError::TooManyBehaviors {
-                found: req.user.behaviors.len(),
-                max: limits.max_behaviors,
-            });
-        }
-        let header_bucket = match headers.get(BUCKET_HEADER) {
-            Some(v) => Some(v.to_str().map_err(|_| {
-                ApiError::InvalidRequest(format!("{BUCKET_HEADER}: not valid ASCII"))
-            })?),
-            None => None,
-        };
-        let route = state.buckets.route(
-            req.bucket.as_deref().or(header_bucket),
-            req.model.as_deref(),
-            req.user.id.as_ref(),
-        )?;
-        if route.labelled {
-            labels.bucket = route.bucket.clone();
-        }
-        let snap = match (&route.model, route.from_plan) {
-            (Some(m), true) => {
-                state
-                    .registry
-                    .get_version(m, route.version)
-                    .map_err(|e| match e {
-                        RegistryError::UnknownModel(_)
-                        | RegistryError::NoModel
-                        | RegistryError::AmbiguousModel(_)
-                        | RegistryError::VersionNotLoaded { .. } => ApiError::BucketUnavailable {
-                            bucket: route.bucket.clone(),
-                            reason: e.to_string(),
-                        },
-                    })?
-            }
-            (m, _) => state.registry.get(m.as_deref())?,
-        };
-        labels.model = snap.info().model.clone();
-        labels.version = snap.info().version.to_string();
-        telemetry::record_stage(telemetry::STAGE_DECODE, started.elapsed());
-        let k = req.k as usize;
-        let request_id = request_id(headers, tracked, req.request_id.as_deref());
-        let candidates = req.candidates.len();
-        let with_probability = req.with_probability;
-        let snap_for_work = Arc::clone(&snap);
-        let work = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            SCRATCH.with(|s| rank_timed(&snap_for_work, &req, k, &mut s.borrow_mut()))
-        });
-        let joined = match state.request_timeout {
-            Some(limit) => {
-                let left = limit.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, work).await {
-                    Ok(j) => j,
-                    Err(_) => {
-                        telemetry::record_shed(telemetry::SHED_TIMEOUT);
-                        return Err(ApiError::Timeout(limit.as_millis() as u64));
-                    }
-                }
-            }
-            None => work.await,
-        };
-        let ranked =
-            joined.map_err(|e| ApiError::Internal(format!("scoring task failed: {e}")))??;
-        telemetry::record_rank(&labels, candidates, ranked.stats.unknown);
-        let info = snap.info();
-        Ok(RankResponse {
-            request_id,
-            bucket: route.bucket,
-            model: info.model.clone(),
-            version: info.version,
-            items: ranked
-                .items
-                .iter()
-                .map(|s| RankedItem {
-                    item_id: s.item_id,
-                    score: s.score,
-                    probability: with_probability.then(|| 1.0 / (1.0 + (-s.score).exp())),
-                })
-                .collect(),
-            candidates,
-            unknown_candidates: ranked.stats.unknown,
-            unknown_candidate_ids: ranked.stats.unknown_sample,
-            duplicate_candidates: ranked.stats.duplicates,
-            ignored_features: ranked.ignored_features,
-            dtype: info.dtype.to_string(),
-            took_us: started.elapsed().as_micros() as u64,
-        })
-    }
-    .await;
-    (result, labels)
+        Err(e) => return (Err(e.into()), telemetry::Labels::default()),
+    };
+    let req = match decode_body(&body, encoding) {
+        Ok(r) => r,
+        Err(e) => return (Err(e.into()), telemetry::Labels::default()),
+    };
+    drop(body);
+    let ctx = RequestContext {
+        started,
+        request_id: transport_id,
+        bucket_hint: match &bucket_header {
+            None => BucketHint::None,
+            Some(Ok(name)) => BucketHint::Given(name),
+            Some(Err(_)) => BucketHint::Unreadable,
+        },
+    };
+    let Handled { result, labels } = service.rank(permit, req, &ctx).await;
+    (result.map_err(ApiError::from), labels)
 }
 
 #[derive(Debug, Serialize)]
@@ -609,8 +452,8 @@ struct ModelEntry {
     responses((status = 200, description = "Models, versions and buckets (docs/api.md)", body = Object))
 )]
 async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
-    let live = state.registry.live();
-    let mut status = state.registry.status();
+    let live = state.registry().live();
+    let mut status = state.registry().status();
     let mut models: Vec<ModelEntry> = live
         .iter()
         .map(|s| ModelEntry {
@@ -625,16 +468,16 @@ async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
         versions,
     }));
     models.sort_by(|a, b| a.name.cmp(&b.name));
-    let pinned = state.buckets.pinned();
+    let pinned = state.buckets().pinned();
     let buckets = state
-        .buckets
+        .buckets()
         .buckets()
         .iter()
         .map(|b| BucketEntry {
             spec: b.clone(),
             served_here: pinned.is_none_or(|p| p == b.name),
             live_version: state
-                .registry
+                .registry()
                 .get_version(&b.model, b.version)
                 .ok()
                 .map(|s| s.info().version),
@@ -666,7 +509,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_draining() {
         ApiError::ShuttingDown.into_response()
-    } else if state.registry.is_ready() {
+    } else if state.registry().is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         ApiError::NotReady.into_response()
@@ -676,7 +519,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Sets the mapped-bytes and huge-page gauges of every loaded version, and back to 0 for versions
 /// no longer loaded.
 fn report_mapped_bytes(state: &AppState) {
-    let live = state.registry.live_set();
+    let live = state.registry().live_set();
     let mut now = BTreeSet::new();
     for (name, m) in &live.models {
         for (version, snap) in &m.versions {
@@ -715,7 +558,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             h.render(),
         )
             .into_response(),
-        None => ApiError::Internal("metrics recorder unavailable".into()).into_response(),
+        None => ApiError::internal("metrics recorder unavailable").into_response(),
     }
 }
 

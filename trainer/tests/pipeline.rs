@@ -329,18 +329,21 @@ fn parity_with_the_service() {
     let (trainer_logits, labels) = (preds.student, preds.labels);
     let mut service_scores = Vec::with_capacity(trainer_logits.len());
     let mut scratch = prerank::scoring::Scratch::default();
+    let pool = prerank::parallel::ScoringPool::sequential();
     let mut worst_u = 0f32;
     let mut worst_s = 0f32;
     let mut k = 0;
     for r in &held_out {
         let cands: Vec<u64> = r.shown.iter().map(|s| s.item_id).collect();
         let body = request_json(r, &cands, cands.len(), false);
-        let req: prerank::api::RankRequest = serde_json::from_value(body).expect("request parses");
-        let input = prerank::model::UserInput::from_json(&req.user).expect("input");
+        let req = serde_json::from_value::<prerank::api::RankRequest>(body)
+            .expect("request parses")
+            .into_domain();
+        let input = prerank::model::UserInput::new(&req.user).expect("input");
         let u_service = snap.user_vector(&input).expect("service forward");
         let u_trainer = user_vector(&model, r).expect("trainer forward");
         worst_u = worst_u.max(max_abs(&u_service, &u_trainer));
-        let ranked = snap.rank(&req, cands.len(), &mut scratch).expect("rank");
+        let ranked = snap.rank(&req, &pool, &mut scratch).expect("rank");
         let by_id: BTreeMap<u64, f32> = ranked.items.iter().map(|s| (s.item_id, s.score)).collect();
         for s in &r.shown {
             let score = by_id[&s.item_id];
